@@ -1,0 +1,164 @@
+"""The runner executes real notebooks with papermill on the `sftlab` kernel and renders them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from sftlab import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+PARAMETERS = "params_file = None\nexperiment = None\nbase = None\nseed = None\nmodel = {}\ndata = {}\ntrain = {}\ninfer = {}\njudge = {}\nscore = {}"
+
+
+def make_notebook(folder: Path, stage: str, *sources: str) -> Path:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "sftlab", "display_name": "Python (sftlab)", "language": "python"}
+    cells = [new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]})]
+    cells += [new_code_cell(s) for s in sources]
+    nb.cells = cells
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stage}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def params_file(tmp_path: Path, text: str = "") -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text("experiment: tiny\n" + text, encoding="utf-8")
+    return path
+
+
+def test_runs_a_notebook_with_the_resolved_params_and_renders_it(tmp_path, outputs):
+    notebooks = tmp_path / "notebooks"
+    make_notebook(notebooks, "train", """\
+from sftlab import config
+params = config.from_notebook(params_file, experiment=experiment, seed=seed, train=train)
+print("steps", params.train.max_steps, "seed", params.seed, "안녕하세요")
+print("<b>not bold</b>")
+import os; print("cwd", os.getcwd())""")
+    make_notebook(notebooks, "infer", "print('infer ran with', experiment)")
+
+    runner.run(params_file(tmp_path, "train:\n  max_steps: 3\n"), overrides=["seed=11"], notebooks=notebooks)
+
+    exp = outputs / "tiny"
+    resolved = (exp / "config.resolved.yaml").read_text()
+    assert "max_steps: 3" in resolved and "seed: 11" in resolved
+    executed = nbformat.read(exp / "notebooks" / "train.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "steps 3 seed 11 안녕하세요" in text
+    assert f"cwd {ROOT}" in text  # kernels start in the project root, where relative params paths point
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert executed.metadata.papermill.get("parameters", {}).get("params_file") == str(exp / "config.resolved.yaml")
+
+    html = (exp / "reports" / "train.html").read_text(encoding="utf-8")
+    assert "안녕하세요" in html and 'charset="utf-8"' in html.lower().replace("'", '"')
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in html and "<b>not bold</b>" not in html
+    no_input = (exp / "reports" / "train.no-input.html").read_text(encoding="utf-8")
+    assert "안녕하세요" in no_input and "config.from_notebook" not in no_input
+
+    status = json.loads((exp / "status.json").read_text())
+    assert [status["stages"][s]["status"] for s in ("train", "infer")] == ["done", "done"]
+    index = (outputs / "index.html").read_text(encoding="utf-8")
+    assert "tiny/reports/train.html" in index and "tiny/reports/infer.html" in index
+
+
+def test_failing_cell_stops_the_run_with_its_error_and_notebook(tmp_path, outputs):
+    notebooks = tmp_path / "notebooks"
+    make_notebook(notebooks, "train", "print('before')", "raise ValueError('row 7 of 데이터 is bad')", "print('after')")
+    make_notebook(notebooks, "infer", "print('should not run')")
+
+    with pytest.raises(runner.StageFailed) as e:
+        runner.run(params_file(tmp_path), notebooks=notebooks)
+    message = str(e.value)
+    executed = outputs / "tiny" / "notebooks" / "train.ipynb"
+    assert "stage 'train' failed" in message
+    assert "ValueError: row 7 of 데이터 is bad" in message
+    assert str(executed) in message
+    assert executed.exists() and (outputs / "tiny" / "reports" / "train.html").exists()
+    status = json.loads((outputs / "tiny" / "status.json").read_text())
+    assert status["stages"]["train"]["status"] == "failed"
+    assert "infer" not in status["stages"]
+    assert not (outputs / "tiny" / "notebooks" / "infer.ipynb").exists()
+    index = (outputs / "index.html").read_text(encoding="utf-8")
+    assert 'class="failed"' in index and "not run" in index
+
+
+def test_a_study_folder_is_validated_whole_before_anything_runs(tmp_path, outputs):
+    notebooks = tmp_path / "notebooks"
+    make_notebook(notebooks, "train", "open('ran-' + experiment, 'w').close()")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "a.yaml").write_text("train: {max_steps: 1}\n")
+    (study / "b.yaml").write_text("train: {max_step: 1}\n")
+    with pytest.raises(Exception, match=r"b\.yaml: unknown key 'train.max_step'"):
+        runner.run(study, notebooks=notebooks)
+    assert not (outputs / "a").exists()
+
+
+def test_unregistered_kernel_says_what_to_do(tmp_path, outputs, monkeypatch):
+    notebooks = tmp_path / "notebooks"
+    make_notebook(notebooks, "train", "pass")
+    monkeypatch.setenv("SFTLAB_KERNEL", "no-such-kernel-xyz")
+    with pytest.raises(runner.StageFailed, match=r"kernel 'no-such-kernel-xyz' is not registered.*make setup"):
+        runner.run(params_file(tmp_path), notebooks=notebooks)
+
+
+def test_unknown_stage_is_refused(tmp_path, outputs):
+    notebooks = tmp_path / "notebooks"
+    make_notebook(notebooks, "train", "pass")
+    with pytest.raises(ValueError, match="unknown stage.*judge"):
+        runner.run(params_file(tmp_path), stages=["judge"], notebooks=notebooks)
+
+
+def sftlab_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sftlab", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_reports_bad_params_clearly(outputs):
+    env = {**os.environ}
+    result = sftlab_cli("run", "params/demo.yaml", "--set", "train.max_step=5", env=env)
+    assert result.returncode == 1
+    assert "sftlab: error:" in result.stderr
+    assert "unknown key 'train.max_step'; did you mean 'train.max_steps'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_train_notebook_through_the_cli_and_stock_papermill(tmp_path, outputs, builtin_model_path):
+    env = {**os.environ}
+    result = sftlab_cli("run", "params/demo.yaml", "--stages", "train", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp = outputs / "demo"
+    assert (exp / "notebooks" / "train.ipynb").exists()
+    assert (exp / "reports" / "train.html").exists()
+    assert json.loads((exp / "status.json").read_text())["stages"]["train"]["status"] == "done"
+    assert "index:" in result.stdout and (outputs / "index.html").exists()
+
+    # The stock papermill CLI with the params file as a parameter file.
+    out = tmp_path / "out.ipynb"
+    result = subprocess.run([str(Path(sys.executable).parent / "papermill"), "notebooks/train.ipynb", str(out),
+                             "-f", "params/demo.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    executed = nbformat.read(out, as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "experiment: demo" in text and "<|im_end|>" in text
+
+
+def test_committed_notebooks_carry_no_outputs():
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata.kernelspec.name == "sftlab", path
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs"
