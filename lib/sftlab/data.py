@@ -1,0 +1,470 @@
+"""Chat fine-tuning data: read a file or a hub dataset, validate every row, split train from test.
+
+What it reads (`read_rows`):
+    a local file, found with `paths.resolve` (the working directory first, then the project root):
+        .jsonl     one JSON object a line; blank lines are skipped, locations keep the file's line numbers
+        .json      a list of objects, {"data": [...]}, or JSON lines
+        .csv       a header, then one example a row; cells are read as text ("NA" stays "NA", "" is empty)
+        .parquet
+    anything else that is not an existing path: a hub dataset id, `datasets.load_dataset(id, split=split)`.
+    (A name ending in one of the extensions above that does not exist is reported as a missing file,
+    not looked up on the hub: it is a typo far more often than a dataset id.)
+
+A row is either a `messages` list of {role, content}, or question/answer (+ optional system) columns;
+the column names come from `ColumnMap`. Each row becomes an `Example`; its other columns go to `meta`.
+
+A location is "SOURCE:N", N being the line number for .jsonl (and JSON lines in a .json file), else the
+1-based row number: the element of a JSON list, the data row of a CSV (the header not counted), the row
+of a parquet file or a hub split. A hub SOURCE is written "id[split]".
+
+Raises `DataError` (a ValueError) for:
+    - an existing file of an unsupported type, a missing file, a hub dataset that cannot be loaded;
+    - malformed JSON, or a JSON value that is not an object;
+    - a row with a missing field, a non-string or empty content, an unknown role, or roles out of order
+      (an optional system message first, then user and assistant alternating, ending with assistant);
+    - a duplicate id, an empty source, ids shared by train and test, a split that leaves a side empty.
+`load_examples` never drops a row: it collects every bad row and raises once, listing up to 20.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sftlab import paths
+from sftlab.config import ColumnMap, DataParams
+
+SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+ROLES = ("system", "user", "assistant")
+MAX_LISTED = 20  # enough to see the pattern of a broken file without drowning the notebook
+
+Row = tuple[str, dict]  # (location, raw row)
+Problem = tuple[int, str]  # (row number, 0 for the whole file; "location: what"): sorts into file order
+
+
+class DataError(ValueError):
+    """Data that cannot be used as given. `problems`: one "location: field: what" line per bad row."""
+
+    def __init__(self, message: str, problems: Iterable[str] = ()):
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    messages: list[dict]  # [{"role", "content"}, ...], ending with the assistant's answer
+    source: str  # "path/to/file.jsonl:17"
+    meta: dict = field(default_factory=dict)  # the row's other columns, JSON-safe
+
+    @property
+    def prompt(self) -> list[dict]:
+        return self.messages[:-1]
+
+    @property
+    def reference(self) -> str:
+        return self.messages[-1]["content"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading raw rows
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Read:
+    label: str  # the source as messages name it: the path as given, or "id[split]"
+    stem: str  # the base of ids made up for rows without an id column
+    rows: list[Row]
+    problems: list[Problem]  # rows that could not even be parsed
+
+
+def read_rows(source: str, split: str = "train") -> list[Row]:
+    """The raw rows of a file or hub split, as (location, dict)."""
+    read = _read(source, split)
+    if read.problems:
+        raise _bad_rows(read.label, read.problems)
+    return read.rows
+
+
+def _read(source: str, split: str) -> _Read:
+    path = paths.resolve(source)
+    suffix = path.suffix.lower()
+    label = str(source)
+    if path.is_file():
+        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+        if suffix not in readers:
+            raise DataError(f"{label}: unsupported file type '{suffix or '(none)'}'; "
+                            f"supported: {', '.join(SUPPORTED_EXTENSIONS)}, or a hub dataset id")
+        rows, problems = readers[suffix](path, label)
+        return _Read(label, path.stem, rows, problems)
+    if path.exists():
+        raise DataError(f"{label}: is a directory; expected a file ({', '.join(SUPPORTED_EXTENSIONS)}) or a hub id")
+    if suffix in SUPPORTED_EXTENSIONS:
+        raise DataError(f"{label}: file not found (looked for {path})")
+    return _read_hub(source, split)
+
+
+def _read_jsonl(path: Path, label: str) -> tuple[list[Row], list[Problem]]:
+    return _json_lines(path.read_text(encoding="utf-8-sig"), label)
+
+
+def _json_lines(text: str, label: str) -> tuple[list[Row], list[Problem]]:
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    # split("\n"), not splitlines(): JSON strings may hold a raw U+2028, which splitlines breaks on.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{label}:{number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append((number, f"{where}: malformed JSON: {e.msg} (column {e.colno})"))
+            continue
+        _add_object(rows, problems, number, where, value)
+    return rows, problems
+
+
+def _read_json(path: Path, label: str) -> tuple[list[Row], list[Problem]]:
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        return [], []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if text.lstrip().startswith("{"):  # several objects, one a line: JSON lines under a .json name
+            return _json_lines(text, label)
+        return [], [(0, f"{label}:{e.lineno}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})")]
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        items = value["data"]
+    elif isinstance(value, dict):
+        items = [value]  # JSON lines with a single line
+    elif isinstance(value, list):
+        items = value
+    else:
+        return [], [(0, f"{label}: expected a list of objects, {{\"data\": [...]}} or JSON lines, got {_kind(value)}")]
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    for number, item in enumerate(items, start=1):
+        _add_object(rows, problems, number, f"{label}:{number}", item)
+    return rows, problems
+
+
+def _add_object(rows: list[Row], problems: list[Problem], number: int, where: str, value: Any) -> None:
+    if isinstance(value, dict):
+        rows.append((where, value))
+    else:
+        problems.append((number, f"{where}: expected a JSON object (one row), got {_kind(value)}"))
+
+
+def _read_csv(path: Path, label: str) -> tuple[list[Row], list[Problem]]:
+    import pandas as pd
+
+    try:
+        # dtype=str and no NA parsing: an answer "NA" or "null" is text, an empty cell is "".
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        return [], []
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{label}: cannot parse as CSV: {e}") from None
+    return [(f"{label}:{n}", row) for n, row in enumerate(frame.to_dict("records"), start=1)], []
+
+
+def _read_parquet(path: Path, label: str) -> tuple[list[Row], list[Problem]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        # pyarrow straight to Python objects: pandas would hand back numpy arrays for list columns.
+        records = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{label}: cannot read as parquet: {e}") from None
+    return [(f"{label}:{n}", row) for n, row in enumerate(records, start=1)], []
+
+
+def _read_hub(source: str, split: str) -> _Read:
+    import datasets  # slow import, only for hub sources
+
+    label = f"{source}[{split}]"
+    try:
+        dataset = datasets.load_dataset(source, split=split)
+    except Exception as e:  # load_dataset fails in many ways (network, auth, unknown split): all mean the same here
+        raise DataError(f"{label}: not a local file, so it was loaded as hub dataset '{source}' split '{split}', "
+                        f"which failed (the hub may be unreachable offline; a local path needs one of "
+                        f"{', '.join(SUPPORTED_EXTENSIONS)}): {type(e).__name__}: {e}") from e
+    rows = [(f"{label}:{n}", dict(row)) for n, row in enumerate(dataset, start=1)]
+    # The split is part of made-up ids, so id-less train and test splits of one dataset stay disjoint.
+    return _Read(label, f"{source.rstrip('/').split('/')[-1]}-{split}", rows, [])
+
+
+# --------------------------------------------------------------------------------------------
+# Validating one row
+# --------------------------------------------------------------------------------------------
+
+
+def normalize(location: str, row: dict, columns: ColumnMap, system_prompt: str | None = None,
+              fallback_id: str | None = None) -> Example:
+    """One raw row -> an Example, or a DataError naming `location` and every bad field of the row.
+
+    `fallback_id` is the id of a row without an id column (default: "<file stem>-<row number>").
+    """
+    problems: list[str] = []
+
+    def bad(name: str, what: str) -> None:
+        problems.append(f"{name}: {what}")
+
+    found = ", ".join(map(str, row)) or "(none)"
+    # A table may mix both forms, a null messages cell meaning "this row uses question/answer".
+    uses_messages = columns.messages in row and not (_blank(row[columns.messages]) and columns.question in row)
+    if uses_messages:
+        messages = _messages(row[columns.messages], columns.messages, bad)
+    elif columns.question in row or columns.answer in row:
+        messages = _question_answer(row, columns, bad, found)
+    else:
+        messages = []
+        bad(columns.messages, f"missing field: expected a '{columns.messages}' column or "
+                              f"'{columns.question}' and '{columns.answer}' columns; found columns: {found}")
+
+    if columns.id not in row:
+        example_id = fallback_id or _made_up_id(location)
+    else:
+        example_id = row[columns.id]
+        if isinstance(example_id, bool) or not isinstance(example_id, (str, int)):
+            bad(columns.id, f"expected a string or an integer, got {_kind(example_id)}")
+        elif not str(example_id).strip():
+            bad(columns.id, "empty")
+        example_id = str(example_id)
+
+    if problems:
+        raise DataError(f"{location}: " + "; ".join(problems), [f"{location}: {p}" for p in problems])
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    taken = {columns.id, columns.messages, columns.question, columns.answer, columns.system}
+    meta = {str(k): _json_safe(v) for k, v in row.items() if k not in taken}
+    return Example(id=example_id, messages=messages, source=location, meta=meta)
+
+
+def _question_answer(row: dict, columns: ColumnMap, bad: Callable, found: str) -> list[dict]:
+    messages = []
+    system = row.get(columns.system)
+    if not _blank(system):  # no column, null, or an empty CSV cell all mean: no system message
+        _check_text(system, columns.system, bad)
+        messages.append({"role": "system", "content": system})
+    for role, name in (("user", columns.question), ("assistant", columns.answer)):
+        if name not in row:
+            bad(name, f"missing field; found columns: {found}")
+        else:
+            _check_text(row[name], name, bad)
+            messages.append({"role": role, "content": row[name]})
+    return messages
+
+
+def _messages(value: Any, name: str, bad: Callable) -> list[dict]:
+    if isinstance(value, str):  # a CSV cell holds the list as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            bad(name, f"expected a list of {{role, content}} (as JSON text in a CSV cell), not parsable: {e.msg}")
+            return []
+    if not isinstance(value, (list, tuple)) or not value:
+        bad(name, f"expected a non-empty list of {{role, content}}, got {_kind(value) if value else 'an empty one'}")
+        return []
+    messages, clean = [], True
+    for i, message in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(message, dict):
+            bad(where, f"expected an object with role and content, got {_kind(message)}")
+            clean = False
+            continue
+        for key in ("role", "content"):
+            if key not in message:
+                bad(f"{where}.{key}", f"missing field; found keys: {', '.join(map(str, message)) or '(none)'}")
+                clean = False
+        role = message.get("role")
+        if "role" in message and role not in ROLES:
+            bad(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            clean = False
+        if "content" in message:
+            clean &= _check_text(message["content"], f"{where}.content", bad)
+        # Only role and content are kept: extra keys (name, weight, ...) mean nothing to the chat template here.
+        messages.append({"role": role, "content": message.get("content")})
+    if clean:
+        _check_order([m["role"] for m in messages], name, bad)
+    return messages
+
+
+def _check_order(roles: list[str], name: str, bad: Callable) -> None:
+    start = 1 if roles[0] == "system" else 0
+    rule = "an optional system message first, then user and assistant alternating, ending with assistant"
+    for i in range(start, len(roles)):
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if roles[i] != expected:
+            bad(f"{name}[{i}].role", f"expected '{expected}', got '{roles[i]}' ({rule})")
+            return
+    if len(roles) == start:
+        bad(name, f"a system message alone; {rule}")
+    elif roles[-1] != "assistant":
+        bad(f"{name}[{len(roles) - 1}].role", f"the last message must be the assistant's answer, got 'user' ({rule})")
+
+
+def _check_text(value: Any, name: str, bad: Callable) -> bool:
+    if not isinstance(value, str):
+        bad(name, f"expected a string, got {_kind(value)}")
+        return False
+    if not value.strip():
+        bad(name, "empty or whitespace-only")
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Whole sources and splits
+# --------------------------------------------------------------------------------------------
+
+
+def load_examples(source: str, split: str, columns: ColumnMap, system_prompt: str | None = None) -> list[Example]:
+    """Every row of `source` as an Example; one DataError listing all bad rows if any is bad."""
+    read = _read(source, split)
+    problems = list(read.problems)
+    examples: list[Example] = []
+    first_seen: dict[str, str] = {}
+    for location, row in read.rows:
+        number = int(location.rsplit(":", 1)[1])
+        try:
+            example = normalize(location, row, columns, system_prompt, fallback_id=f"{read.stem}-{number:05d}")
+        except DataError as e:
+            problems.append((number, str(e)))
+            continue
+        if example.id in first_seen:
+            problems.append((number, f"{location}: {columns.id}: duplicate id {example.id!r}, "
+                                     f"also at {first_seen[example.id]}"))
+            continue
+        first_seen[example.id] = location
+        examples.append(example)
+    if problems:
+        raise _bad_rows(read.label, problems)
+    if not examples:
+        raise DataError(f"{read.label}: no rows")
+    return examples
+
+
+def load_splits(data: DataParams, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, test): test from `data.test` if given, else a seeded split of the training rows."""
+    train = load_examples(data.train, data.train_split, data.columns, data.system_prompt)
+    if data.test:
+        test = load_examples(data.test, data.test_split, data.columns, data.system_prompt)
+    else:
+        train, test = _seeded_split(train, data.test_size, seed)
+    _check_disjoint(train, test)
+    return train, test
+
+
+def _seeded_split(examples: list[Example], test_size: float, seed: int) -> tuple[list[Example], list[Example]]:
+    label, n = _source_of(examples[0]), len(examples)
+    if test_size < 1:
+        # Rounded up, so a small file still gets a test row; round() first keeps 0.3 * 10 at 3, not 4.
+        k = math.ceil(round(test_size * n, 9))
+    elif test_size == int(test_size):
+        k = int(test_size)
+    else:
+        raise DataError(f"{label}: data.test_size={test_size} is neither a fraction (< 1) nor a whole number of rows")
+    if not 1 <= k <= n - 1:
+        raise DataError(f"{label}: data.test_size={test_size} puts {k} of {n} rows in test; "
+                        f"train and test each need at least one row")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    in_test = set(order[:k])
+    # Both sides keep the file's order: easier to read next to the file than a shuffled list.
+    train = [e for i, e in enumerate(examples) if i not in in_test]
+    test = [e for i, e in enumerate(examples) if i in in_test]
+    return train, test
+
+
+def _check_disjoint(train: list[Example], test: list[Example]) -> None:
+    where = {e.id: e.source for e in train}
+    shared = [e for e in test if e.id in where]
+    if shared:
+        listed = [f"{e.id!r} ({where[e.id]} and {e.source})" for e in shared[:MAX_LISTED]]
+        more = f", and {len(shared) - MAX_LISTED} more" if len(shared) > MAX_LISTED else ""
+        raise DataError(f"train ({_source_of(train[0])}) and test ({_source_of(test[0])}) share "
+                        f"{len(shared)} id(s), so test rows would be trained on: {', '.join(listed)}{more}")
+
+
+# --------------------------------------------------------------------------------------------
+# For writing and for the notebook
+# --------------------------------------------------------------------------------------------
+
+
+def to_records(examples: Iterable[Example]) -> list[dict]:
+    """[{"id", "messages", **meta}], JSON-safe. A meta column named id or messages becomes "meta.id"."""
+    records = []
+    for e in examples:
+        record: dict[str, Any] = {"id": e.id, "messages": [dict(m) for m in e.messages]}
+        for key, value in e.meta.items():
+            record[f"meta.{key}" if key in ("id", "messages") else key] = _json_safe(value)
+        records.append(record)
+    return records
+
+
+def summarize(examples: Iterable[Example]) -> dict:
+    """Row count, rows by "lang" (when any row has one), mean characters of prompt and reference."""
+    examples = list(examples)
+    summary: dict[str, Any] = {"rows": len(examples)}
+    if any("lang" in e.meta for e in examples):
+        summary["by_lang"] = dict(Counter(str(e.meta.get("lang") or "(none)") for e in examples).most_common())
+    prompt_chars = [sum(len(m["content"]) for m in e.prompt) for e in examples]
+    reference_chars = [len(e.reference) for e in examples]
+    summary["mean_prompt_chars"] = round(sum(prompt_chars) / len(examples), 1) if examples else 0.0
+    summary["mean_reference_chars"] = round(sum(reference_chars) / len(examples), 1) if examples else 0.0
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers of this module
+# --------------------------------------------------------------------------------------------
+
+
+def _bad_rows(label: str, problems: list[Problem]) -> DataError:
+    ordered = [text for _, text in sorted(problems, key=lambda p: p[0])]  # stable: a row's own order stays
+    listed = "\n  ".join(ordered[:MAX_LISTED])
+    more = f"\n  ... and {len(ordered) - MAX_LISTED} more" if len(ordered) > MAX_LISTED else ""
+    return DataError(f"{label}: {len(ordered)} bad row(s); fix them all and reload:\n  {listed}{more}", ordered)
+
+
+def _source_of(example: Example) -> str:
+    return example.source.rsplit(":", 1)[0]
+
+
+def _made_up_id(location: str) -> str:
+    source, _, number = location.rpartition(":")
+    return f"{Path(source).stem}-{int(number):05d}" if number.isdigit() else location
+
+
+def _blank(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None  # NaN is not JSON
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "isoformat"):  # date, time, datetime, pandas Timestamp
+        return value.isoformat()
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _json_safe(value.tolist())
+    return str(value)  # Decimal, bytes, ...: readable beats lossless in a meta column
