@@ -1,0 +1,190 @@
+"""Label audit: before a single step runs, prove that the model will be taught to stop.
+
+The origin lost runs to a model that repeated itself and never stopped: pad == EOS, and its collator
+set the label of every pad-id token to -100, so the end-of-turn token was never trained. This audit
+builds the trainer exactly as `sftlab.train` does (same flat config, tokenizer, pad-token choice,
+SFTTrainer dataset preparation and collator), collates a few training rows, and checks that every
+end-of-turn token that closes a supervised answer carries loss.
+
+    audit = run_label_audit(config_path, rows=8, html_path=train_dir / "label_audit.html")
+
+The model itself is built on the meta device (no weights are loaded): tokenization and collation
+do not need them, and a 70B base model can be audited on a laptop.
+
+Raises `UnsupervisedEOSError` when an answer's end-of-turn token carries no loss, explaining why the
+model would never learn to stop and how to fix it, unless `allow_unsupervised_eos` (set to reproduce
+the failure on purpose). Also raises it when no audited answer contains its end-of-turn token at all
+(every row cut by max_length). The HTML token view is written before raising.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IGNORE = -100
+
+
+class UnsupervisedEOSError(RuntimeError):
+    """The end-of-turn token would carry no loss: the model would not learn to stop."""
+
+
+@dataclass
+class AuditedRow:
+    pieces: list[str]  # the text of each token
+    token_ids: list[int]
+    supervised: list[bool]  # the token carries loss (its label is not -100)
+
+
+@dataclass
+class LabelAudit:
+    end_of_turn: str
+    end_of_turn_id: int
+    pad_token: str
+    rows: list[AuditedRow] = field(default_factory=list)
+    answer_ends: int = 0  # end-of-turn tokens that close a supervised span (an answer)
+    answer_ends_supervised: int = 0
+    rows_without_end: int = 0  # rows with supervised tokens but no end-of-turn after them (cut by max_length)
+
+    @property
+    def supervised_tokens(self) -> int:
+        return sum(sum(r.supervised) for r in self.rows)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(len(r.token_ids) for r in self.rows)
+
+    @property
+    def ok(self) -> bool:
+        return self.answer_ends > 0 and self.answer_ends_supervised == self.answer_ends
+
+    def summary(self) -> str:
+        return (f"{len(self.rows)} audited sequences, {self.supervised_tokens} of {self.total_tokens} tokens carry loss; "
+                f"end-of-turn {self.end_of_turn!r} supervised at {self.answer_ends_supervised} of {self.answer_ends} "
+                f"answer ends; pad token {self.pad_token!r}"
+                + (f"; {self.rows_without_end} sequence(s) end without it (cut by max_length)" if self.rows_without_end else ""))
+
+
+def audit_batch(batch: dict, tokenizer, end_of_turn_id: int) -> LabelAudit:
+    """Check a collated batch (input_ids, labels) as the model will see it."""
+    audit = LabelAudit(end_of_turn=tokenizer.convert_ids_to_tokens(end_of_turn_id), end_of_turn_id=end_of_turn_id,
+                       pad_token=str(tokenizer.pad_token))
+    attention = batch.get("attention_mask")
+    for number, (ids, labels) in enumerate(zip(batch["input_ids"].tolist(), batch["labels"].tolist())):
+        if attention is not None:  # drop the batch padding: pad may be the end-of-turn id itself
+            length = int(attention[number].sum())
+            ids, labels = ids[:length], labels[:length]
+        supervised = [label != IGNORE for label in labels]
+        audit.rows.append(AuditedRow(pieces=token_pieces(tokenizer, ids), token_ids=ids, supervised=supervised))
+        ends_here = 0
+        for position in range(1, len(ids)):
+            # An answer ends where the end-of-turn token follows a supervised token.
+            if ids[position] == end_of_turn_id and supervised[position - 1]:
+                ends_here += 1
+                audit.answer_ends += 1
+                audit.answer_ends_supervised += supervised[position]
+        if any(supervised) and ends_here == 0:
+            audit.rows_without_end += 1
+    return audit
+
+
+def token_pieces(tokenizer, ids: list[int]) -> list[str]:
+    """The text each token adds. Decoded incrementally: a Hangul syllable split over byte-level
+    tokens shows up whole on the token that completes it, instead of as replacement characters."""
+    pieces, previous = [], ""
+    for end in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:end], skip_special_tokens=False)
+        if text.endswith("\ufffd"):
+            pieces.append("")
+            continue
+        pieces.append(text[len(previous):])
+        previous = text
+    return pieces
+
+
+def explain(audit: LabelAudit, collator: str) -> str:
+    if audit.answer_ends == 0:
+        return (f"label audit: none of the {len(audit.rows)} audited sequences contains the end-of-turn token "
+                f"{audit.end_of_turn!r} after its answer: every answer is cut by max_length, so the model would "
+                "never see where an answer stops. Raise train.max_length.")
+    cause = ""
+    if audit.pad_token == audit.end_of_turn and collator == "legacy_pad_masked":
+        cause = (f" Cause: the pad token is {audit.pad_token!r}, the end-of-turn token itself, and "
+                 "collator: legacy_pad_masked sets the label of every pad-id token to -100, so every end-of-turn "
+                 "token is masked too.")
+    return (f"label audit: the end-of-turn token {audit.end_of_turn!r} carries no loss at "
+            f"{audit.answer_ends - audit.answer_ends_supervised} of {audit.answer_ends} answer ends in the audited rows. "
+            "The model would never be taught to stop: it learns that an answer continues, and at inference it "
+            f"repeats itself until max_new_tokens.{cause} Fix: set train.pad_token: add (a dedicated pad token), "
+            "or train.collator: trl (labels come from the completion mask, not the pad id). To reproduce the "
+            "failure on purpose, set train.allow_unsupervised_eos: true.")
+
+
+def run_label_audit(config_path: Path, rows: int = 8, html_path: Path | None = None,
+                    allow_unsupervised_eos: bool = False) -> LabelAudit:
+    """Tokenize and collate `rows` training rows exactly as `sftlab.train` will; check the stop token."""
+    from sftlab import train
+    from sftlab.models import end_of_turn_token_id
+
+    with tempfile.TemporaryDirectory() as scratch:
+        script_args, training_args = train.parse_args(
+            ["--config", str(config_path), "--output_dir", scratch, "--report_to", "none"])
+        tokenizer, model = train.load_tokenizer_and_model(script_args, training_args, weights=False)
+        dataset = train.load_rows(script_args.train_file)
+        dataset = dataset.select(range(min(rows, len(dataset))))
+        trainer = train.build_trainer(script_args, training_args, tokenizer, model, dataset,
+                                      trainer_class=_weightless_trainer_class())
+        prepared = trainer.train_dataset
+        batch = trainer.data_collator([prepared[i] for i in range(min(rows, len(prepared)))])
+    audit = audit_batch(batch, tokenizer, end_of_turn_token_id(tokenizer))
+    if html_path is not None:
+        html_path.write_text(render_html(audit), encoding="utf-8")
+    if not audit.ok and not (allow_unsupervised_eos and audit.answer_ends > 0):
+        raise UnsupervisedEOSError(explain(audit, script_args.collator)
+                                   + (f" Token view: {html_path}" if html_path else ""))
+    return audit
+
+
+def _weightless_trainer_class():
+    from trl import SFTTrainer
+
+    class WeightlessSFTTrainer(SFTTrainer):
+        """SFTTrainer whose model stays on the meta device: it prepares data, it never trains."""
+
+        def _move_model_to_device(self, model, device):
+            pass
+
+    return WeightlessSFTTrainer
+
+
+_CSS = """
+.sftlab-audit { font-family: ui-monospace, "D2Coding", "Noto Sans Mono CJK KR", monospace; line-height: 1.9; }
+.sftlab-audit .row { border: 1px solid #ddd; padding: .4em; margin: .4em 0; white-space: pre-wrap; }
+.sftlab-audit span { border-radius: 3px; padding: 0 1px; margin: 0 1px 0 0; }
+.sftlab-audit .loss { background: #c8ecc8; }
+.sftlab-audit .masked { background: #eee; color: #777; }
+.sftlab-audit .eot.loss { background: #3a9d3a; color: white; font-weight: bold; }
+.sftlab-audit .eot.masked { background: #d43c3c; color: white; font-weight: bold; }
+"""
+
+
+def render_html(audit: LabelAudit) -> str:
+    """One line of tokens per sequence: green carries loss, grey is masked; end-of-turn tokens are
+    solid green when supervised and solid red when not. All text is escaped."""
+    verdict = "OK: the model is taught to stop" if audit.ok else "PROBLEM: the model is not taught to stop"
+    rows = []
+    for number, row in enumerate(audit.rows):
+        spans = []
+        for piece, token_id, loss in zip(row.pieces, row.token_ids, row.supervised):
+            classes = ("loss" if loss else "masked") + (" eot" if token_id == audit.end_of_turn_id else "")
+            shown = html.escape(piece).replace("\n", "↵\n") if piece else "·"
+            spans.append(f'<span class="{classes}" title="id {token_id}">{shown}</span>')
+        rows.append(f'<div class="row"><b>#{number}</b> {"".join(spans)}</div>')
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>label audit</title>'
+            f"<style>{_CSS}</style></head><body><div class=\"sftlab-audit\">"
+            f"<h3>Label audit — {html.escape(verdict)}</h3><p>{html.escape(audit.summary())}</p>"
+            f'<p><span class="loss">carries loss</span> <span class="masked">masked (-100)</span> '
+            f'<span class="eot loss">end-of-turn, supervised</span> <span class="eot masked">end-of-turn, masked</span></p>'
+            + "".join(rows) + "</div></body></html>")

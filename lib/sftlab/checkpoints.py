@@ -1,0 +1,56 @@
+"""Checkpoints on disk: `outputs/<exp>/train/checkpoint-<step>/`.
+
+A checkpoint is *complete* when the trainer wrote its state file and the model weights: the trainer
+writes `trainer_state.json` after the weights, optimizer and scheduler, so a folder left by a kill in
+the middle of a save lacks it and is never resumed from or evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def step_of(checkpoint: Path) -> int:
+    match = _STEP.match(checkpoint.name)
+    if not match:
+        raise ValueError(f"{checkpoint}: not a checkpoint folder (expected checkpoint-<step>)")
+    return int(match.group(1))
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / "trainer_state.json").exists() and any((checkpoint / w).exists() for w in _WEIGHTS)
+
+
+def list_checkpoints(train_dir: Path, complete_only: bool = True) -> list[Path]:
+    """Checkpoint folders in step order."""
+    if not train_dir.is_dir():
+        return []
+    found = [p for p in train_dir.iterdir() if p.is_dir() and _STEP.match(p.name)]
+    if complete_only:
+        found = [p for p in found if is_complete(p)]
+    return sorted(found, key=step_of)
+
+
+def newest_complete(train_dir: Path) -> Path | None:
+    found = list_checkpoints(train_dir)
+    return found[-1] if found else None
+
+
+def trainer_state(train_dir: Path) -> dict:
+    """The most recent trainer state: the final one if training finished, else the newest checkpoint's."""
+    candidates = [train_dir / "trainer_state.json"]
+    newest = newest_complete(train_dir)
+    if newest is not None:
+        candidates.append(newest / "trainer_state.json")
+    states = []
+    for path in candidates:
+        if path.exists():
+            states.append(json.loads(path.read_text(encoding="utf-8")))
+    if not states:
+        return {"log_history": [], "global_step": 0}
+    return max(states, key=lambda s: s.get("global_step", 0))

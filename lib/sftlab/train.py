@@ -1,0 +1,278 @@
+"""Full fine-tuning entry point: one flat YAML -> (ScriptArguments, SFTConfig) -> TRL's SFTTrainer.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 -m sftlab.train --config train_config.yaml
+    python -m sftlab.train --config train_config.yaml                       # one process
+
+The train notebook writes `outputs/<exp>/train/train_config.yaml` (see `sftlab.launch`) and the rows
+to train on (`train.jsonl`, prompt/completion in chat form), but any flat YAML whose keys are fields
+of `ScriptArguments` or `trl.SFTConfig` works: `TrlParser` maps each key onto its dataclass.
+
+Device defaults, applied only where the YAML is silent: on CPU, fp32 (`bf16: false`) and the gloo
+backend; on a GPU with bf16 support, bf16 mixed precision.
+
+Writes `checkpoint-<step>/` folders (model + tokenizer + generation config, loadable with
+`from_pretrained`; the last step is always saved) and `trainer_state.json` into `output_dir`.
+Raises ValueError for unsupported knob combinations (see `build_trainer`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from sftlab.checkpoints import newest_complete
+
+ADDED_PAD_TOKEN = "<|pad|>"
+
+
+@dataclass
+class ScriptArguments:
+    """sftlab's own arguments; every other key of the YAML belongs to SFTConfig."""
+
+    model_name_or_path: str = field(metadata={"help": "base model: a local folder or a hub id"})
+    train_file: str = field(metadata={"help": "JSONL of {id, prompt, completion} rows in chat form"})
+    collator: str = field(default="trl", metadata={"help": "trl | legacy_pad_masked (pad-id labels set to -100)"})
+    pad_token_choice: str = field(default="eos", metadata={"help": "eos | add | a token of the vocabulary"})
+    use_reentrant: bool = field(default=False, metadata={"help": "gradient_checkpointing_kwargs use_reentrant"})
+    resume: str = field(default="auto", metadata={"help": "auto (newest complete checkpoint) | never | a path"})
+    model_dtype: str = field(default="float32", metadata={"help": "weights dtype; bf16 autocast comes from bf16"})
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces shared with the label audit (sftlab.audit), so that it sees exactly what training sees
+# --------------------------------------------------------------------------------------------
+
+
+def device_defaults(config: dict) -> list[str]:
+    """Command-line args for the device-dependent settings the config leaves unset."""
+    args = []
+    cuda = torch.cuda.is_available()
+    if "bf16" not in config:
+        # SFTConfig turns bf16 on by default; on CPU that is slow and not what the origin trained with.
+        args += ["--bf16", str(cuda and torch.cuda.is_bf16_supported())]
+    if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Several CPU processes: accelerate treats them as one distributed job only with use_cpu.
+        if "use_cpu" not in config:
+            args += ["--use_cpu", "True"]
+        if "ddp_backend" not in config:
+            args += ["--ddp_backend", "gloo"]  # NCCL needs GPUs
+    return args
+
+
+def parse_args(argv: list[str] | None = None):
+    import yaml
+    from trl import SFTConfig, TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = {}
+    if "--config" in argv:
+        config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text(encoding="utf-8")) or {}
+    parser = TrlParser((ScriptArguments, SFTConfig))
+    script_args, training_args = parser.parse_args_and_config(argv + device_defaults(config))
+    if training_args.gradient_checkpointing:
+        training_args.gradient_checkpointing_kwargs = {
+            **(training_args.gradient_checkpointing_kwargs or {}), "use_reentrant": script_args.use_reentrant}
+    return script_args, training_args
+
+
+def load_tokenizer_and_model(script_args: ScriptArguments, training_args, weights: bool = True):
+    """`weights=False` builds the model on the meta device: enough to prepare data, nothing to train."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from sftlab.models import end_of_turn_token_id
+
+    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    dtype = getattr(torch, script_args.model_dtype)
+    if weights:
+        model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, dtype=dtype)
+    else:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(script_args.model_name_or_path),
+                                                     dtype=dtype)
+    set_pad_token(tokenizer, model, script_args.pad_token_choice)
+    # Generation stops on the chat template's end-of-turn token (and on EOS), in every checkpoint.
+    end_of_turn = end_of_turn_token_id(tokenizer)
+    model.generation_config.eos_token_id = sorted({end_of_turn, tokenizer.eos_token_id} - {None})
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if training_args.gradient_checkpointing:
+        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    return tokenizer, model
+
+
+def set_pad_token(tokenizer, model, choice: str) -> None:
+    """`eos`: pad = EOS (the origin's set-up); `add`: a new dedicated pad token; else a vocabulary token."""
+    if choice == "eos":
+        tokenizer.pad_token = tokenizer.eos_token
+    elif choice == "add":
+        if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+            # Rounded up so the embedding matrix keeps an efficient shape. The new rows start at the mean
+            # embedding (not noise) so the pad token never becomes a likely prediction; a meta-device
+            # model (the label audit's) has no values to average.
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64,
+                                          mean_resizing=model.device.type != "meta")
+    else:
+        if choice not in tokenizer.get_vocab():
+            raise ValueError(f"pad_token: '{choice}' is not a token of the vocabulary (use eos, add, or a token)")
+        tokenizer.pad_token = choice
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def legacy_pad_masked_collator(pad_token_id: int, pad_to_multiple_of: int | None = None):
+    """The old collator's behaviour, kept to reproduce its failure: every pad-id token loses its label.
+
+    When pad == EOS this also masks every EOS, so the model is never taught to stop.
+    """
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    class LegacyPadMaskedCollator(DataCollatorForLanguageModeling):
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)
+            batch["labels"][batch["input_ids"] == self.pad_token_id] = -100
+            return batch
+
+    return LegacyPadMaskedCollator(pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
+
+
+def build_trainer(script_args: ScriptArguments, training_args, tokenizer, model, dataset, callbacks=(),
+                  trainer_class=None):
+    from trl import SFTTrainer
+
+    trainer_class = trainer_class or SFTTrainer
+
+    if script_args.collator not in ("trl", "legacy_pad_masked"):
+        raise ValueError(f"collator: '{script_args.collator}' is not one of trl, legacy_pad_masked")
+    padding_free = training_args.padding_free or (
+        training_args.packing and training_args.packing_strategy in ("bfd", "bfd_split"))
+    collator = None
+    if script_args.collator == "legacy_pad_masked":
+        if padding_free:
+            raise ValueError(
+                "collator: legacy_pad_masked pads each batch and masks the pad id, but packing: bfd trains "
+                "padding-free (no pad tokens at all). Use packing: false or wrapped with this collator.")
+        collator = legacy_pad_masked_collator(tokenizer.pad_token_id, training_args.pad_to_multiple_of)
+    return trainer_class(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+                         data_collator=collator, callbacks=list(callbacks))
+
+
+def load_rows(train_file: str):
+    from datasets import load_dataset
+
+    dataset = load_dataset("json", data_files=train_file, split="train")
+    return dataset.remove_columns([c for c in dataset.column_names if c not in ("prompt", "completion")])
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+class ProgressPrinter(TrainerCallback):
+    """One line per logging step (rank 0): readable live in a notebook cell and in train.log."""
+
+    def __init__(self):
+        self.started = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        elapsed = time.time() - self.started
+        done = state.global_step / max(state.max_steps, 1)
+        eta = elapsed / done * (1 - done) if done > 0 else float("nan")
+        numbers = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+        print(f"[sftlab] step {state.global_step}/{state.max_steps} ({done:.0%}) {numbers} "
+              f"elapsed={elapsed:.0f}s eta={eta:.0f}s", flush=True)
+
+
+class SaveLastStep(TrainerCallback):
+    """The last step is always a checkpoint, whatever save_steps is, so the final model is evaluated."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+        return control
+
+
+def resume_from(script_args: ScriptArguments, output_dir: str) -> str | None:
+    if script_args.resume == "never":
+        return None
+    if script_args.resume == "auto":
+        newest = newest_complete(Path(output_dir))
+        return str(newest) if newest else None
+    if not Path(script_args.resume).is_dir():
+        raise ValueError(f"resume: {script_args.resume} is not a checkpoint folder")
+    return script_args.resume
+
+
+def main(script_args: ScriptArguments, training_args) -> None:
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
+
+    # Load the model and tokenizer
+    tokenizer, model = load_tokenizer_and_model(script_args, training_args)
+
+    # Load the dataset
+    dataset = load_rows(script_args.train_file)
+
+    # Initialize the trainer
+    trainer = build_trainer(script_args, training_args, tokenizer, model, dataset,
+                            callbacks=[ProgressPrinter(), SaveLastStep()])
+
+    trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same in one line
+
+    # Train, resuming after a crash or a kill
+    checkpoint = resume_from(script_args, training_args.output_dir)
+    tokens_before = _logged(trainer_state_at(checkpoint), "num_tokens") if checkpoint else 0
+    if checkpoint and trainer.is_world_process_zero():
+        print(f"[sftlab] resuming from {checkpoint}", flush=True)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        summary = write_summary(trainer, Path(training_args.output_dir), tokens_before or 0)
+        print(f"[sftlab] done: {json.dumps(summary)}", flush=True)
+
+
+def trainer_state_at(checkpoint: str) -> dict:
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def _logged(state: dict, key: str):
+    """The last value of `key` in a trainer state's log history (None if never logged)."""
+    values = [entry[key] for entry in state.get("log_history", []) if key in entry]
+    return values[-1] if values else None
+
+
+def write_summary(trainer, output_dir: Path, tokens_before: float) -> dict:
+    """train_summary.json: this launch's wall time, token throughput and peak memory (rank 0)."""
+    state = {"log_history": trainer.state.log_history}
+    runtime = _logged(state, "train_runtime") or float("nan")
+    tokens = (_logged(state, "num_tokens") or 0) - tokens_before
+    summary = {
+        "global_step": trainer.state.global_step,
+        "train_runtime_s": round(runtime, 2),
+        "tokens": int(tokens),  # input tokens of this launch, padding excluded, as counted by TRL
+        "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
+        "first_loss": next((e["loss"] for e in trainer.state.log_history if "loss" in e), None),
+        "last_loss": _logged(state, "loss"),
+        "world_size": trainer.args.world_size,
+        # ru_maxrss is in KiB on Linux: the peak resident memory of this (rank-0) process.
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+    }
+    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+if __name__ == "__main__":
+    main(*parse_args())
