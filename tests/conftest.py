@@ -29,3 +29,42 @@ def builtin_model_path() -> Path:
     from sftlab.models import builtin_checkpoint
 
     return builtin_checkpoint("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(builtin_model_path, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama with the builtin model's tokenizer and chat template.
+
+    Trains in well under a second per step, so real torchrun runs fit in the test suite.
+    """
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.eos_token_id],
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_params(tmp_path: Path, model_path: Path, **train) -> Path:
+    """A params file for the tiny model on the first demo rows: a few fast steps."""
+    import yaml
+
+    settings = {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
+                "save_steps": 2, "max_length": 128, "gradient_checkpointing": False, "audit_rows": 4, **train}
+    params = {"experiment": "tiny", "seed": 0, "model": {"name_or_path": str(model_path)},
+              "data": {"train": str(ROOT / "data" / "demo" / "train.jsonl"),
+                       "test": str(ROOT / "data" / "demo" / "test.jsonl")},
+              "train": settings}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    return path

@@ -132,24 +132,46 @@ def test_cli_reports_bad_params_clearly(outputs):
     assert "Traceback" not in result.stderr
 
 
-def test_demo_train_notebook_through_the_cli_and_stock_papermill(tmp_path, outputs, builtin_model_path):
+def test_train_notebook_through_the_cli_and_stock_papermill(tmp_path, outputs, tiny_model_path):
+    """The real train notebook: demo params with the tiny model and 2 steps, via `sftlab run`..."""
     env = {**os.environ}
-    result = sftlab_cli("run", "params/demo.yaml", "--stages", "train", env=env)
+    result = sftlab_cli("run", "params/demo.yaml", "--stages", "train", "--set", f"model.name_or_path={tiny_model_path}",
+                        "--set", "train.max_steps=2", "--set", "train.save_steps=1", "--set", "train.logging_steps=1",
+                        env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     exp = outputs / "demo"
-    assert (exp / "notebooks" / "train.ipynb").exists()
-    assert (exp / "reports" / "train.html").exists()
+    for produced in ("notebooks/train.ipynb", "reports/train.html", "train/label_audit.html", "train/curves.png",
+                     "train/train.log", "train/checkpoint-2/model.safetensors"):
+        assert (exp / produced).exists(), produced
     assert json.loads((exp / "status.json").read_text())["stages"]["train"]["status"] == "done"
     assert "index:" in result.stdout and (outputs / "index.html").exists()
+    report = (exp / "reports" / "train.html").read_text(encoding="utf-8")
+    assert "[sftlab] step 2/2" in report  # the launch cell's live output is part of the record
+    assert "data:image/png;base64" in report  # the curves, embedded
 
-    # The stock papermill CLI with the params file as a parameter file.
+    # ...and with the stock papermill CLI, a parameter file that names demo.yaml as its base.
+    overrides = tmp_path / "stock.yaml"
+    overrides.write_text(f"base: {ROOT / 'params' / 'demo.yaml'}\nexperiment: stock\n"
+                         f"model:\n  name_or_path: {tiny_model_path}\ntrain:\n  max_steps: 1\n", encoding="utf-8")
     out = tmp_path / "out.ipynb"
     result = subprocess.run([str(Path(sys.executable).parent / "papermill"), "notebooks/train.ipynb", str(out),
-                             "-f", "params/demo.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                             "-f", str(overrides)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     executed = nbformat.read(out, as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert "experiment: demo" in text and "<|im_end|>" in text
+    assert "experiment: stock" in text and "[sftlab] step 1/1" in text
+    assert (outputs / "stock" / "train" / "checkpoint-1").is_dir()
+
+
+def test_train_stage_stops_on_the_origin_bug_before_training(tmp_path, outputs, tiny_model_path):
+    env = {**os.environ}
+    result = sftlab_cli("run", "params/demo.yaml", "--stages", "train", "--set", f"model.name_or_path={tiny_model_path}",
+                        "--set", "train.collator=legacy_pad_masked", "--set", "experiment=bug", env=env)
+    assert result.returncode == 1
+    assert "stage 'train' failed" in result.stderr and "UnsupervisedEOSError" in result.stderr
+    assert "never be taught to stop" in result.stderr
+    assert (outputs / "bug" / "train" / "label_audit.html").exists()
+    assert not (outputs / "bug" / "train" / "train.log").exists()  # nothing was launched
 
 
 def test_committed_notebooks_carry_no_outputs():

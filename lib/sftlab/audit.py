@@ -36,6 +36,7 @@ class AuditedRow:
     pieces: list[str]  # the text of each token
     token_ids: list[int]
     supervised: list[bool]  # the token carries loss (its label is not -100)
+    answer_ends: list[int] = field(default_factory=list)  # positions of end-of-turn tokens that close an answer
 
 
 @dataclass
@@ -77,15 +78,14 @@ def audit_batch(batch: dict, tokenizer, end_of_turn_id: int) -> LabelAudit:
             length = int(attention[number].sum())
             ids, labels = ids[:length], labels[:length]
         supervised = [label != IGNORE for label in labels]
-        audit.rows.append(AuditedRow(pieces=token_pieces(tokenizer, ids), token_ids=ids, supervised=supervised))
-        ends_here = 0
-        for position in range(1, len(ids)):
-            # An answer ends where the end-of-turn token follows a supervised token.
-            if ids[position] == end_of_turn_id and supervised[position - 1]:
-                ends_here += 1
-                audit.answer_ends += 1
-                audit.answer_ends_supervised += supervised[position]
-        if any(supervised) and ends_here == 0:
+        # An answer ends where the end-of-turn token follows a supervised token (the end of a prompt
+        # turn follows masked tokens, and is rightly masked itself).
+        ends = [p for p in range(1, len(ids)) if ids[p] == end_of_turn_id and supervised[p - 1]]
+        audit.rows.append(AuditedRow(pieces=token_pieces(tokenizer, ids), token_ids=ids, supervised=supervised,
+                                     answer_ends=ends))
+        audit.answer_ends += len(ends)
+        audit.answer_ends_supervised += sum(supervised[p] for p in ends)
+        if any(supervised) and not ends:
             audit.rows_without_end += 1
     return audit
 
@@ -171,14 +171,14 @@ _CSS = """
 
 
 def render_html(audit: LabelAudit) -> str:
-    """One line of tokens per sequence: green carries loss, grey is masked; end-of-turn tokens are
-    solid green when supervised and solid red when not. All text is escaped."""
+    """One line of tokens per sequence: green carries loss, grey is masked; the end-of-turn token that
+    closes each answer is solid green when supervised and solid red when not. All text is escaped."""
     verdict = "OK: the model is taught to stop" if audit.ok else "PROBLEM: the model is not taught to stop"
     rows = []
     for number, row in enumerate(audit.rows):
         spans = []
-        for piece, token_id, loss in zip(row.pieces, row.token_ids, row.supervised):
-            classes = ("loss" if loss else "masked") + (" eot" if token_id == audit.end_of_turn_id else "")
+        for position, (piece, token_id, loss) in enumerate(zip(row.pieces, row.token_ids, row.supervised)):
+            classes = ("loss" if loss else "masked") + (" eot" if position in row.answer_ends else "")
             shown = html.escape(piece).replace("\n", "↵\n") if piece else "·"
             spans.append(f'<span class="{classes}" title="id {token_id}">{shown}</span>')
         rows.append(f'<div class="row"><b>#{number}</b> {"".join(spans)}</div>')
@@ -186,5 +186,5 @@ def render_html(audit: LabelAudit) -> str:
             f"<style>{_CSS}</style></head><body><div class=\"sftlab-audit\">"
             f"<h3>Label audit — {html.escape(verdict)}</h3><p>{html.escape(audit.summary())}</p>"
             f'<p><span class="loss">carries loss</span> <span class="masked">masked (-100)</span> '
-            f'<span class="eot loss">end-of-turn, supervised</span> <span class="eot masked">end-of-turn, masked</span></p>'
+            f'<span class="eot loss">answer end, supervised</span> <span class="eot masked">answer end, masked</span></p>'
             + "".join(rows) + "</div></body></html>")
