@@ -174,6 +174,20 @@ def test_train_stage_stops_on_the_origin_bug_before_training(tmp_path, outputs, 
     assert not (outputs / "bug" / "train" / "train.log").exists()  # nothing was launched
 
 
+def test_prepare_train_prints_the_command_after_the_audit(tmp_path, outputs, tiny_model_path):
+    env = {**os.environ}
+    result = sftlab_cli("prepare-train", "params/demo.yaml", "--set", f"model.name_or_path={tiny_model_path}",
+                        "--set", "train.nproc_per_node=2", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = outputs / "demo" / "train" / "train_config.yaml"
+    assert result.stdout.strip().endswith(f"-m sftlab.train --config {config}")
+    assert "--nproc_per_node 2" in result.stdout and "fsdp: true" in config.read_text()
+    assert "label audit: 8 audited sequences" in result.stderr
+    bad = sftlab_cli("prepare-train", "params/demo.yaml", "--set", f"model.name_or_path={tiny_model_path}",
+                     "--set", "train.collator=legacy_pad_masked", "--set", "experiment=bad", env=env)
+    assert bad.returncode == 1 and "never be taught to stop" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_committed_notebooks_carry_no_outputs():
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     assert notebooks

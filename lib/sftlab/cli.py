@@ -3,6 +3,8 @@
     sftlab run PARAMS [--stages train,infer] [--set train.max_steps=5 ...]   run an experiment or a study folder
     sftlab resolve PARAMS [--set ...]                                        print the params as they would run
     sftlab prepare-model [NAME_OR_PATH]                                      convert a builtin model now
+    sftlab prepare-train PARAMS [--set ...]     write the train config and data, run the label audit, print the
+                                                torchrun command (for launching by hand, e.g. under Slurm)
     sftlab index                                                             rebuild outputs/index.html
 """
 
@@ -33,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare-model", help="convert a builtin model to a cached HF checkpoint")
     prepare.add_argument("model", nargs="?", default="builtin:smollm2-135m-instruct")
 
+    prepare_train = sub.add_parser("prepare-train", help="write the train config + data, audit labels, print the "
+                                   "torchrun command (multi-node or Slurm launches)")
+    prepare_train.add_argument("params")
+    prepare_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     sub.add_parser("index", help="rebuild outputs/index.html")
     return parser
 
@@ -41,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from sftlab import reports, runner
+    from sftlab.audit import UnsupervisedEOSError
     from sftlab.config import ParamsError, load_params
+    from sftlab.data import DataError
     from sftlab.models import ModelError, resolve_model
 
     try:
@@ -54,12 +63,32 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True), end="")
         elif args.command == "prepare-model":
             print(resolve_model(args.model))
+        elif args.command == "prepare-train":
+            prepare_train(load_params(args.params, args.overrides))
         elif args.command == "index":
             print(reports.build_index())
-    except (ParamsError, ModelError, runner.StageFailed, FileNotFoundError, ValueError) as e:
+    except (ParamsError, DataError, ModelError, UnsupervisedEOSError, runner.StageFailed, FileNotFoundError,
+            ValueError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def prepare_train(params) -> None:
+    """What the train notebook does before its launch cell, for launching torchrun by hand."""
+    from sftlab import audit, data, launch
+    from sftlab.config import write_resolved
+    from sftlab.models import resolve_model
+
+    write_resolved(params)
+    train_examples, _ = data.load_splits(params.data, params.seed)
+    plan = launch.prepare(params, train_examples, resolve_model(params.model.name_or_path))
+    result = audit.run_label_audit(plan.config_path, rows=params.train.audit_rows,
+                                   html_path=plan.train_dir / "label_audit.html",
+                                   allow_unsupervised_eos=params.train.allow_unsupervised_eos)
+    print(f"label audit: {result.summary()}", file=sys.stderr)
+    print(f"train config: {plan.config_path}", file=sys.stderr)
+    print(" ".join(plan.command))
 
 
 if __name__ == "__main__":
