@@ -24,7 +24,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 IGNORE = -100
+_DISTRIBUTION_KEYS = ("fsdp", "fsdp_config", "deepspeed", "env")
 
 
 class UnsupervisedEOSError(RuntimeError):
@@ -129,8 +132,15 @@ def run_label_audit(config_path: Path, rows: int = 8, html_path: Path | None = N
     from sftlab.models import end_of_turn_token_id
 
     with tempfile.TemporaryDirectory() as scratch:
+        # Distribution settings change where the model lives, not how rows are tokenized and collated;
+        # this process is not a distributed job, and must not export their environment variables.
+        config = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+        for key in _DISTRIBUTION_KEYS:
+            config.pop(key, None)
+        local_config = Path(scratch) / "audit_config.yaml"
+        local_config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
         script_args, training_args = train.parse_args(
-            ["--config", str(config_path), "--output_dir", scratch, "--report_to", "none"])
+            ["--config", str(local_config), "--output_dir", scratch, "--report_to", "none"])
         tokenizer, model = train.load_tokenizer_and_model(script_args, training_args, weights=False)
         dataset = train.load_rows(script_args.train_file)
         dataset = dataset.select(range(min(rows, len(dataset))))
