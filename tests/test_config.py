@@ -170,5 +170,23 @@ def test_every_params_key_is_a_notebook_parameter():
 
 def test_every_params_file_validates():
     for params_file in (ROOT / "params").rglob("*.yaml"):
-        if "rubrics" not in params_file.parts:
+        # rubrics are not params; _*.yaml are a study's shared layers and joint-score settings.
+        if "rubrics" not in params_file.parts and not params_file.name.startswith("_"):
             load_params(params_file)
+
+
+def test_the_collator_study_varies_only_the_collator_knobs():
+    study = ROOT / "params" / "studies" / "collator"
+    variants = {p.stem: load_params(p) for p in sorted(study.glob("[!_]*.yaml"))}
+    assert set(variants) == {"baseline", "collator", "collator_padfix", "trl_completion"}
+    knobs = {name: (p.train.loss, p.train.collator, p.train.pad_token) for name, p in variants.items()}
+    assert knobs == {"baseline": ("all", "trl", "eos"), "collator": ("completion", "legacy_pad_masked", "eos"),
+                     "collator_padfix": ("completion", "legacy_pad_masked", "add"),
+                     "trl_completion": ("completion", "trl", "eos")}
+    assert variants["collator"].train.allow_unsupervised_eos
+    shared = {name: p.to_dict() for name, p in variants.items()}
+    for data in shared.values():
+        data.pop("experiment")
+        for key in ("loss", "collator", "pad_token", "allow_unsupervised_eos"):
+            data["train"].pop(key)
+    assert all(d == shared["baseline"] for d in shared.values())  # everything else is the same

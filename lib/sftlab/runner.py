@@ -1,7 +1,8 @@
 """Run an experiment: each stage's notebook executed by papermill, rendered to HTML, indexed.
 
     sftlab run params/demo.yaml [--stages train,infer] [--set train.max_steps=5]
-    sftlab run params/studies/collator/          # every params file in the folder, in name order
+    sftlab run params/studies/collator/          # every params file in the folder, in name order,
+                                                 # then one score over all of them (<folder>-study)
 
 For each stage, in the order train -> infer -> judge -> score (those whose notebook exists):
     outputs/<exp>/config.resolved.yaml      the params as run (written before the first stage)
@@ -25,9 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sftlab import paths, reports
-from sftlab.config import Params, atomic_write_text, load_params, write_resolved
+from sftlab.config import Params, apply_overrides, atomic_write_text, load_params, read_yaml, validate, write_resolved
 
 STAGES = ("train", "infer", "judge", "score")
+STUDY_FILE = "_study.yaml"  # optional settings of a study folder's joint score (not an experiment)
 DEFAULT_KERNEL = "sftlab"
 
 log = logging.getLogger("sftlab.runner")
@@ -77,10 +79,29 @@ def run(
     # be found an hour in.
     files = params_files(target)
     experiments = [load_params(f, overrides) for f in files]
+    study = paths.resolve(target) if paths.resolve(target).is_dir() else None
+    study_params = study_score_params(study, experiments, overrides) if study and "score" in stages else None
     for params, file in zip(experiments, files):
         for stage in stages:
-            run_stage(params, stage, kernel=kernel, notebooks=notebooks, params_file=file)
+            if not (study and stage == "score"):  # a study is scored once, over all its experiments
+                run_stage(params, stage, kernel=kernel, notebooks=notebooks, params_file=file)
+    if study_params is not None:
+        run_stage(study_params, "score", kernel=kernel, notebooks=notebooks, params_file=study)
+        experiments.append(study_params)
     return experiments
+
+
+def study_score_params(study: Path, experiments: list[Params], overrides: list[str] | None) -> Params:
+    """The params of a study's score: `<study>/_study.yaml` if present (e.g. `score.baseline`), with
+    `experiment: <folder>-study` and `score.experiments` = every experiment of the folder by default."""
+    settings = read_yaml(study / STUDY_FILE) if (study / STUDY_FILE).exists() else {}
+    settings.setdefault("experiment", f"{study.name}-study")
+    settings.setdefault("seed", experiments[0].seed)
+    score = settings.setdefault("score", {})
+    score.setdefault("experiments", [p.experiment for p in experiments])
+    sources: dict[tuple, str] = {}
+    settings = apply_overrides(settings, [o for o in overrides or [] if o.startswith("score.")], sources)
+    return validate(settings, sources, default_source=str(study / STUDY_FILE))
 
 
 def run_stage(
