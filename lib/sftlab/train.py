@@ -230,6 +230,7 @@ def main(script_args: ScriptArguments, training_args) -> None:
                             callbacks=[ProgressPrinter(), SaveLastStep()])
 
     trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same in one line
+    trainer.data_collator = counter = TokenCounter(trainer.data_collator)
 
     # Train, resuming after a crash or a kill
     checkpoint = resume_from(script_args, training_args.output_dir)
@@ -239,7 +240,8 @@ def main(script_args: ScriptArguments, training_args) -> None:
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        summary = write_summary(trainer, Path(training_args.output_dir), tokens_before or 0)
+        steps_before = trainer_state_at(checkpoint)["global_step"] if checkpoint else 0
+        summary = write_summary(trainer, Path(training_args.output_dir), tokens_before or 0, steps_before, counter)
         print(f"[sftlab] done: {json.dumps(summary)}", flush=True)
 
 
@@ -253,16 +255,42 @@ def _logged(state: dict, key: str):
     return values[-1] if values else None
 
 
-def write_summary(trainer, output_dir: Path, tokens_before: float) -> dict:
+class TokenCounter:
+    """Wraps the collator to count, on this rank, the tokens it hands to the model: supervised ones
+    (label != -100) and all positions including padding, the waste that length grouping and packing cut."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.batches: list[tuple[int, int]] = []  # (supervised, positions) per collated batch, in order
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.batches.append((int((batch["labels"] != -100).sum()), batch["input_ids"].numel()))
+        return batch
+
+    def totals(self, batches_trained: int) -> tuple[int, int]:
+        """Sums over the batches actually trained on: the data loader collates one batch ahead."""
+        trained = self.batches[:batches_trained]
+        return sum(b[0] for b in trained), sum(b[1] for b in trained)
+
+
+def write_summary(trainer, output_dir: Path, tokens_before: float, steps_before: int, counter: TokenCounter) -> dict:
     """train_summary.json: this launch's wall time, token throughput and peak memory (rank 0)."""
     state = {"log_history": trainer.state.log_history}
     runtime = _logged(state, "train_runtime") or float("nan")
     tokens = (_logged(state, "num_tokens") or 0) - tokens_before
+    world = trainer.args.world_size
+    # Rank 0's counts times the world size: every rank collates batches of the same shape policy.
+    steps = trainer.state.global_step - steps_before
+    supervised, positions = (world * n for n in counter.totals(steps * trainer.args.gradient_accumulation_steps))
     summary = {
         "global_step": trainer.state.global_step,
         "train_runtime_s": round(runtime, 2),
         "tokens": int(tokens),  # input tokens of this launch, padding excluded, as counted by TRL
         "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
+        "supervised_tokens": supervised,
+        "supervised_tokens_per_s": round(supervised / runtime, 1) if runtime > 0 else None,
+        "padding_fraction": round(1 - tokens / positions, 4) if positions else None,
         "first_loss": next((e["loss"] for e in trainer.state.log_history if "loss" in e), None),
         "last_loss": _logged(state, "loss"),
         "world_size": trainer.args.world_size,
