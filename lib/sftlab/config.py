@@ -136,16 +136,22 @@ class InferParams(_Section):
 
 class JudgeParams(_Section):
     backend: Literal["auto", "openai", "reference"] = "auto"  # auto: openai if an endpoint is configured
-    rubric: str = "params/rubrics/qa_ko.yaml"
+    rubric: str = "params/rubrics/qa_ko.yaml"  # for rows whose meta.lang has no entry in rubric_by_lang
+    # A row is judged by the rubric of its language (meta.lang): a Korean rubric would mark every English
+    # answer down on fluency. null or {} judges every row with `rubric`.
+    rubric_by_lang: dict[str, str] | None = {"ko": "params/rubrics/qa_ko.yaml", "en": "params/rubrics/qa_en.yaml"}
     model: str = "gpt-4o-mini"
     base_url: str | None = None  # any OpenAI-compatible server
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself never goes in a file
     structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
+    temperature: float | None = 0.0  # None: the server's default (some reasoning models accept no other)
     concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    backoff_base_s: float = Field(1.0, gt=0)  # retry n waits ~base * 2**n (jittered), or what retry-after says
+    backoff_max_s: float = Field(60.0, gt=0)  # cap on any one wait, retry-after included
     max_cost_usd: float | None = None
-    prices: dict[str, dict[str, float]] = {}  # model -> {input_per_mtok, output_per_mtok}
+    prices: dict[str, dict[str, float]] = {}  # model -> {input_per_mtok, output_per_mtok}; over the built-in table
 
 
 class ScoreParams(_Section):

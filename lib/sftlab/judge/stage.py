@@ -1,0 +1,373 @@
+"""The judge stage: generations in, one judgment row per (checkpoint, sample) out.
+
+    plan(params)        read `generations/*.jsonl`, pick each row's rubric, compute its cache key and
+                        sort it: up to date / reusable from the cache / to judge; with an estimate of
+                        requests, tokens and cost — nothing is sent
+    run(params, plan)   judge what the plan says and append the rows to `judge/<checkpoint>.jsonl`;
+                        works from a script and from a notebook cell (where an event loop already runs)
+
+The cache key is a hash of (rubric content, backend and judge model, prompt, reference, output). A row
+is up to date when the latest row of its (checkpoint, id) is judged under its key; otherwise a judged
+row with the same key anywhere in `judge/` is copied (no request); otherwise it is judged. So a re-run
+of a finished stage sends nothing, and a re-run after failures sends requests for the failed rows only.
+
+Also writes `judge/summary.json` (backend, model, counts, requests, cost). Raises `GenerationsError`
+for missing or malformed generations (file, line, field), `JudgeConfigError` when the backend cannot
+start, and `JudgeStopped` after writing every row when the endpoint refused to serve at all (bad key,
+unknown model) — a budget stop is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sftlab import paths
+from sftlab.config import JudgeParams, Params, atomic_write_text
+from sftlab.judge import cost, reference, store
+from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
+from sftlab.judge.rubric import Rubric, load_rubric
+
+REQUIRED = {"id": (str, int), "checkpoint": str, "prompt": list, "reference": str, "output": str}
+
+
+class GenerationsError(ValueError):
+    """Generations that cannot be judged; the message names the file, the line and the field."""
+
+
+class JudgeStopped(RuntimeError):
+    """The endpoint refused every request (bad key, unknown model, no quota); rows were still written."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def generations_dir(params: Params) -> Path:
+    return params.output_dir / "generations"
+
+
+def judge_dir(params: Params) -> Path:
+    return params.output_dir / "judge"
+
+
+def read_generations(params: Params) -> list[dict[str, Any]]:
+    """Every generation row, base first then by step; raises naming file, line and field."""
+    folder = generations_dir(params)
+    files = store.jsonl_files(folder)
+    if not files:
+        raise GenerationsError(f"{folder}: no generations (*.jsonl); run the infer stage first")
+    rows, problems = [], []
+    for path in files:
+        seen: set[str] = set()
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if number == len(lines):  # the infer stage was killed mid-write; that row is simply not there yet
+                    continue
+                problems.append(f"{path}:{number}: not JSON ({e.msg})")
+                continue
+            problem = _check_row(row, path.stem, seen)
+            if problem:
+                problems.append(f"{path}:{number}: {problem}")
+                continue
+            rows.append(row)
+    if problems:
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise GenerationsError("cannot judge these generations:\n  " + "\n  ".join(problems[:20]) + more)
+    return rows
+
+
+def _check_row(row: Any, checkpoint: str, seen: set[str]) -> str | None:
+    if not isinstance(row, dict):
+        return "expected a JSON object"
+    for name, kind in REQUIRED.items():
+        if name not in row:
+            return f"field '{name}' is missing"
+        if not isinstance(row[name], kind):
+            return f"field '{name}': expected {getattr(kind, '__name__', 'a string')}, got {type(row[name]).__name__}"
+    if row["checkpoint"] != checkpoint:
+        return f"field 'checkpoint' is '{row['checkpoint']}' in the file of '{checkpoint}'"
+    if any(not isinstance(m, dict) or "content" not in m for m in row["prompt"]):
+        return "field 'prompt': expected a list of {role, content} messages"
+    if not isinstance(row.get("meta", {}), dict):
+        return "field 'meta': expected an object"
+    if str(row["id"]) in seen:
+        return f"field 'id': '{row['id']}' appears twice"
+    seen.add(str(row["id"]))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_backend(judge: JudgeParams) -> str:
+    """auto -> openai when an endpoint is configured (base_url, or the key's variable is set)."""
+    if judge.backend != "auto":
+        return judge.backend
+    return "openai" if judge.base_url or os.environ.get(judge.api_key_env) else "reference"
+
+
+def rubric_path(judge: JudgeParams, row: dict[str, Any]) -> str:
+    lang = (row.get("meta") or {}).get("lang")
+    return (judge.rubric_by_lang or {}).get(lang) or judge.rubric
+
+
+def judgment_key(rubric: Rubric, judge_model: str, row: dict[str, Any]) -> str:
+    payload = {"rubric": rubric.fingerprint, "judge": judge_model, "prompt": row["prompt"],
+               "reference": row["reference"], "output": row["output"]}
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass
+class Item:
+    row: dict[str, Any]
+    rubric: Rubric
+    key: str
+
+
+@dataclass
+class Plan:
+    params: Params
+    backend: str  # openai | reference
+    model: str  # the judge model: an API model name, or reference-v1+<tokenizer>
+    rubrics: dict[str, Rubric]  # path -> rubric, those in use
+    items: list[Item]
+    up_to_date: list[Item] = field(default_factory=list)
+    reuse: list[tuple[Item, dict[str, Any]]] = field(default_factory=list)  # (item, cached row)
+    jobs: dict[str, list[Item]] = field(default_factory=dict)  # key -> rows sharing that judgment
+
+    @property
+    def to_judge(self) -> int:
+        return sum(len(items) for items in self.jobs.values())
+
+    def estimate(self) -> dict[str, Any]:
+        """Requests, tokens and cost this plan will take, before sending anything (no retries counted)."""
+        judge = self.params.judge
+        prompt_tokens = completion_tokens = 0
+        if self.backend == "openai":
+            mode = "json_schema" if judge.structured == "auto" else judge.structured
+            for items in self.jobs.values():
+                item = items[0]
+                messages = item.rubric.messages(item.row["prompt"], item.row["reference"], item.row["output"], mode)
+                text = "".join(m["content"] for m in messages)
+                if mode == "json_schema":  # the schema is sent too, and billed as input
+                    text += json.dumps(item.rubric.response_schema(), ensure_ascii=False)
+                prompt_tokens += cost.estimate_tokens(text)
+                completion_tokens += cost.estimate_completion_tokens(len(item.rubric.criteria))
+            estimated = cost.cost_usd(cost.price_for(judge.model, judge.prices), prompt_tokens, completion_tokens)
+        else:
+            estimated = 0.0
+        return {
+            "backend": self.backend, "model": self.model, "rows": len(self.items), "up_to_date": len(self.up_to_date),
+            "from_cache": len(self.reuse), "to_judge": self.to_judge,
+            "requests": len(self.jobs) if self.backend == "openai" else 0,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": estimated,
+            "max_cost_usd": judge.max_cost_usd,
+        }
+
+
+def plan(params: Params) -> Plan:
+    """Sort every generation row into up to date / from cache / to judge. Sends nothing."""
+    judge = params.judge
+    backend = resolve_backend(judge)
+    model = reference.judge_model() if backend == "reference" else judge.model
+    rows = read_generations(params)
+    rubrics: dict[str, Rubric] = {}
+    for row in rows:
+        path = rubric_path(judge, row)
+        if path not in rubrics:
+            rubrics[path] = load_rubric(path)
+            if backend == "reference":
+                reference.check_rubric(rubrics[path], str(paths.resolve(path)))
+    identity = f"{backend}:{model}"
+    result = Plan(params, backend, model, rubrics, items=[])
+    folder = judge_dir(params)
+    latest = store.latest_rows(folder)
+    cache = store.judged_by_key(folder)
+    for row in rows:
+        rubric = rubrics[rubric_path(judge, row)]
+        item = Item(row, rubric, judgment_key(rubric, identity, row))
+        result.items.append(item)
+        last = latest.get((row["checkpoint"], str(row["id"])))
+        if last and last.get("key") == item.key and last.get("status") == "judged":
+            result.up_to_date.append(item)
+        elif item.key in cache:
+            result.reuse.append((item, cache[item.key]))
+        else:
+            result.jobs.setdefault(item.key, []).append(item)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    backend: str
+    model: str
+    rows: int = 0
+    up_to_date: int = 0
+    from_cache: int = 0
+    judged: int = 0
+    errors: int = 0
+    not_judged: int = 0
+    requests: int = 0
+    cost_usd: float | None = 0.0
+    stopped: str | None = None
+    structured: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        cost_text = "unknown (no price for this model)" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        lines = [
+            f"judge: {self.backend} ({self.model})",
+            f"rows: {self.rows} — up to date {self.up_to_date}, from cache {self.from_cache}, "
+            f"judged now {self.judged}, errors {self.errors}, not judged {self.not_judged}",
+            f"requests: {self.requests}, cost: {cost_text}, {self.seconds:.1f} s",
+        ]
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
+        return "\n".join(lines)
+
+
+def run(params: Params, planned: Plan | None = None, progress: bool = True) -> Summary:
+    """Judge what `planned` (default: a fresh plan) says; append every row; return the counts."""
+    planned = planned or plan(params)
+    return run_sync(_run(params, planned, progress))
+
+
+def run_sync(coroutine):
+    """Run a coroutine to the end from sync code — also inside Jupyter, whose own event loop is
+    already running (asyncio.run would refuse): then it runs on a worker thread with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    result: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            result["value"] = asyncio.run(coroutine)
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=worker, name="sftlab-judge")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
+    from tqdm.auto import tqdm
+
+    started = time.monotonic()
+    summary = Summary(planned.backend, planned.model, rows=len(planned.items),
+                      up_to_date=len(planned.up_to_date), from_cache=len(planned.reuse))
+    costs: list[float | None] = []
+    with store.Appender(judge_dir(params)) as out:
+        for item, cached in planned.reuse:
+            out.append(_copied_row(item, cached))
+
+        bar = tqdm(total=planned.to_judge, desc="judge", unit="row", disable=not progress)
+
+        def record(key: str, outcome: Outcome) -> None:
+            items = planned.jobs[key]
+            for index, item in enumerate(items):
+                row = _row(item, planned, outcome)
+                if index:  # rows that share a judgment pay for it once
+                    row.update(usage=None, cost_usd=0.0, requests=0,
+                               reused_from=f"{items[0].row['checkpoint']}/{items[0].row['id']}")
+                out.append(row)
+                summary.judged += outcome.status == "judged"
+                summary.errors += outcome.status == "error"
+                summary.not_judged += outcome.status == "not_judged"
+            costs.append(outcome.cost_usd if outcome.requests else 0.0)
+            bar.update(len(items))
+
+        try:
+            if planned.backend == "reference":
+                for key, items in planned.jobs.items():
+                    record(key, _reference_outcome(items[0]))
+            elif planned.jobs:
+                backend = OpenAIJudge(params.judge)
+                jobs = [Job(key, items[0].rubric, items[0].row["prompt"], items[0].row["reference"],
+                            items[0].row["output"]) for key, items in planned.jobs.items()]
+                try:
+                    await backend.judge_all(jobs, lambda job, outcome: record(job.key, outcome))
+                finally:
+                    summary.requests, summary.stopped = backend.requests, backend.stopped
+                    summary.structured = backend.mode_counts
+                if backend.fatal:
+                    summary.seconds = round(time.monotonic() - started, 2)
+                    _write_summary(params, planned, summary)
+                    raise JudgeStopped(f"{backend.stopped}; no judgment could be made: fix the judge "
+                                       f"settings and run the stage again (rows judged so far are kept)")
+        finally:
+            bar.close()
+    summary.cost_usd = None if any(c is None for c in costs) else round(sum(costs), 6)
+    summary.seconds = round(time.monotonic() - started, 2)
+    _write_summary(params, planned, summary)
+    return summary
+
+
+def _reference_outcome(item: Item) -> Outcome:
+    try:
+        result = reference.evaluate(item.row, item.rubric)
+    except Exception as e:  # a row the metrics cannot handle fails alone, named by the row
+        return Outcome("error", error=f"reference judge failed on {item.row['checkpoint']}/{item.row['id']}: "
+                                      f"{type(e).__name__}: {e}")
+    return Outcome("judged", scores=result["scores"], reasons=result["reasons"], raw=result["raw"],
+                   cost_usd=0.0, metrics=result["metrics"])
+
+
+def _row(item: Item, planned: Plan, outcome: Outcome) -> dict[str, Any]:
+    row = item.row
+    return {
+        "key": item.key, "id": row["id"], "checkpoint": row["checkpoint"], "status": outcome.status,
+        "judge": {"backend": planned.backend, "model": planned.model, "rubric": item.rubric.name},
+        "scores": outcome.scores, "reasons": outcome.reasons,
+        "overall": item.rubric.overall(outcome.scores) if outcome.scores else None,
+        "error": outcome.error, "raw": outcome.raw, "usage": outcome.usage, "cost_usd": outcome.cost_usd,
+        "requests": outcome.requests, "structured": outcome.structured,
+        "metrics": outcome.metrics, "reused_from": None, "meta": row.get("meta") or {},
+        "judged_at": _now(),
+    }
+
+
+def _copied_row(item: Item, cached: dict[str, Any]) -> dict[str, Any]:
+    return {**cached, "id": item.row["id"], "checkpoint": item.row["checkpoint"], "meta": item.row.get("meta") or {},
+            "usage": None, "cost_usd": 0.0, "requests": 0,
+            "reused_from": f"{cached.get('checkpoint')}/{cached.get('id')}", "judged_at": _now()}
+
+
+def _write_summary(params: Params, planned: Plan, summary: Summary) -> None:
+    folder = judge_dir(params)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {**summary.__dict__, "rubrics": {str(p): r.name for p, r in planned.rubrics.items()},
+            "finished": _now()}
+    atomic_write_text(folder / "summary.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
