@@ -130,7 +130,7 @@ class InferParams(_Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int | None = None
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = Field(1.0, gt=0)  # 1.0: none; > 1 discourages tokens already in prompt or answer
     seed: int | None = None  # None: the experiment's seed
 
 

@@ -1,0 +1,60 @@
+"""Side-by-side answers as an HTML table: one row per sample, one column per checkpoint.
+
+Every piece of text (prompt, reference, model output, ids, checkpoint names) goes through
+`html.escape`, so an output holding `<script>` or markup is shown as text, never run or rendered.
+Text is left as UTF-8 characters (Korean stays readable in the source of the report), and
+`white-space: pre-wrap` keeps the model's line breaks and runs of spaces visible.
+"""
+
+from __future__ import annotations
+
+import html
+
+STYLE = """<style>
+table.sftlab-side-by-side { border-collapse: collapse; font-size: 0.85em; }
+table.sftlab-side-by-side th, table.sftlab-side-by-side td {
+  border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; text-align: left;
+  white-space: pre-wrap; max-width: 28em; }
+table.sftlab-side-by-side .finish { color: #666; font-size: 0.85em; white-space: nowrap; }
+table.sftlab-side-by-side .length { color: #b00020; font-weight: bold; }
+</style>"""
+
+
+def _text(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _question(prompt) -> str:
+    """The last user message of a chat prompt (the question), or the value itself if not a chat."""
+    if isinstance(prompt, list):
+        users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        return users[-1] if users else ""
+    return "" if prompt is None else str(prompt)
+
+
+def _answer_cell(row) -> str:
+    if row is None:
+        return '<td class="missing">(not generated)</td>'
+    finish = str(row["finish_reason"])
+    note = f'<div class="finish {_text(finish)}">{_text(finish)} · {int(row["n_tokens"])} tokens</div>'
+    return f"<td>{_text(row['output'])}{note}</td>"
+
+
+def side_by_side(generations, samples: int = 8) -> str:
+    """The first `samples` samples of `generations` (infer.load_generations): question, reference,
+    then each checkpoint's output with its finish reason and length."""
+    if len(generations) == 0:
+        return "<p>(no generations)</p>"
+    checkpoints = list(dict.fromkeys(generations["checkpoint"]))
+    ids = list(dict.fromkeys(generations["id"]))[:samples]
+    by_key = {(r["checkpoint"], r["id"]): r for r in generations.to_dict("records")}
+    header = "".join(f"<th>{_text(name)}</th>" for name in ("id", "prompt", "reference", *checkpoints))
+    rows = []
+    for sample_id in ids:
+        first = next(by_key[(c, sample_id)] for c in checkpoints if (c, sample_id) in by_key)
+        cells = [f"<td>{_text(sample_id)}</td>", f"<td>{_text(_question(first['prompt']))}</td>",
+                 f"<td>{_text(first['reference'])}</td>"]
+        cells += [_answer_cell(by_key.get((c, sample_id))) for c in checkpoints]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'{STYLE}<table class="sftlab-side-by-side"><thead><tr>{header}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
