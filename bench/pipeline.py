@@ -1,0 +1,85 @@
+"""Pipeline figures: wall time of each stage of the demo, and what running a stage through papermill costs.
+
+    .venv/bin/python bench/pipeline.py [--status outputs/demo/status.json] [--repeats 2]
+
+1. Stage wall times: read from the status file that `make demo` (`sftlab run params/demo.yaml`) wrote.
+2. Papermill overhead: the demo's infer stage (base model + every demo checkpoint) run twice over the same
+   checkpoints, each time in a fresh process and a fresh outputs folder: once as a direct library call
+   (`infer.run_inference`), once through the runner (papermill on the `sftlab` kernel, then the HTML
+   reports and the index). Alternating runs; the medians are compared: overhead = papermill / direct - 1.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DIRECT = """
+from sftlab import config, infer
+params = config.load_params({params!r}, ["experiment={experiment}"])
+config.write_resolved(params)
+infer.run_inference(params, echo=lambda line: None)
+"""
+
+
+def timed(command: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def papermill_overhead(repeats: int, train_dir: Path) -> dict:
+    python = sys.executable
+    times: dict[str, list[float]] = {"direct": [], "papermill": []}
+    with tempfile.TemporaryDirectory() as outputs:
+        env = {**os.environ, "SFTLAB_OUTPUTS": outputs,
+               "SFTLAB_MODEL_CACHE": os.environ.get("SFTLAB_MODEL_CACHE", str(ROOT / "outputs" / "models"))}
+        for repeat in range(repeats):
+            order = ["direct", "papermill"] if repeat % 2 == 0 else ["papermill", "direct"]
+            for way in order:
+                experiment = f"pipeline-{way}-{repeat}"
+                (Path(outputs) / experiment).mkdir(parents=True)
+                (Path(outputs) / experiment / "train").symlink_to(train_dir)  # the demo's checkpoints
+                if way == "direct":
+                    code = DIRECT.format(params=str(ROOT / "params" / "demo.yaml"), experiment=experiment)
+                    command = [python, "-c", code]
+                else:
+                    command = [python, "-m", "sftlab", "run", "params/demo.yaml", "--stages", "infer",
+                               "--set", f"experiment={experiment}"]
+                times[way].append(timed(command, env))
+                print(f"{way} run {repeat}: {times[way][-1]:.1f} s", file=sys.stderr)
+    direct, papermill = statistics.median(times["direct"]), statistics.median(times["papermill"])
+    return {"stage": "infer (demo: base + checkpoints)", "repeats": repeats, "direct_s": round(direct, 2),
+            "papermill_s": round(papermill, 2), "overhead": round(papermill / direct - 1, 4), "goal": "< 0.10",
+            "runs": {k: [round(v, 2) for v in vs] for k, vs in times.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--status", default=str(ROOT / "outputs" / "demo" / "status.json"))
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    status_file = Path(args.status)
+    if not status_file.exists():
+        sys.exit(f"{status_file}: no demo run to read; run `make demo` first")
+    status = json.loads(status_file.read_text(encoding="utf-8"))
+    stages = {name: info.get("seconds") for name, info in status.get("stages", {}).items()}
+    train_dir = status_file.parent / "train"
+    report = {"bench": "pipeline", "demo_stage_seconds": stages,
+              "demo_total_seconds": round(sum(v for v in stages.values() if v), 1),
+              "papermill_vs_direct": papermill_overhead(args.repeats, train_dir.resolve())}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`make bench`: every benchmark in one run, one JSON file with every figure, and a table for the README.
+
+    .venv/bin/python bench/run_all.py [--out outputs/bench/bench.json] [--quick]
+
+Runs bench/train.py, bench/infer.py, bench/judge.py, bench/pipeline.py (needs a finished `make demo`)
+and bench/gpu.py (skips itself without CUDA), each in its own process, one after the other so that they do
+not slow each other down. Writes the JSON file (keys `train_vs_origin_style`, `infer_batched_vs_sequential`,
+`judge_concurrent_vs_sequential`, ... plus each script's full report) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> dict:
+    print(f"[bench] {script} {' '.join(args)}", file=sys.stderr, flush=True)
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": f"exit {result.returncode}: {result.stderr.strip()[-2000:]}"}
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "bench.json"))
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
+    args = parser.parse_args()
+
+    quick = args.quick
+    started = time.time()
+    reports = {
+        "train": run("train.py", "--steps", "6" if quick else "16", "--repeats", "1" if quick else "2"),
+        "infer": run("infer.py", *(["--prompts", "16"] if quick else [])),
+        "judge": run("judge.py"),
+        "pipeline": run("pipeline.py", "--repeats", "1" if quick else "2"),
+        "gpu": run("gpu.py"),
+    }
+    figures = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()},
+        "train_vs_origin_style": reports["train"].get("train_vs_origin_style"),
+        "infer_batched_vs_sequential": reports["infer"].get("speedup"),
+        "judge_concurrent_vs_sequential": reports["judge"].get("speedup"),
+        "judge_rerun_requests": reports["judge"].get("rerun_requests"),
+        "papermill_overhead": (reports["pipeline"].get("papermill_vs_direct") or {}).get("overhead"),
+        "demo_stage_seconds": reports["pipeline"].get("demo_stage_seconds"),
+        "gpu": reports["gpu"],
+        "seconds": round(time.time() - started, 1),
+        "reports": reports,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(table(figures))
+    print(f"\nwritten: {out}")
+
+
+def table(f: dict) -> str:
+    train = f["reports"]["train"]
+    infer = f["reports"]["infer"]
+    judge = f["reports"]["judge"]
+    pipeline = f["reports"]["pipeline"].get("papermill_vs_direct", {})
+    rows = [
+        ("train: supervised tokens/s, default vs origin style", f"{f['train_vs_origin_style']}x",
+         f"{train.get('default', {}).get('supervised_tokens_per_s')} vs "
+         f"{train.get('origin_style', {}).get('supervised_tokens_per_s')} tok/s; padding "
+         f"{train.get('default', {}).get('padding_fraction')} vs {train.get('origin_style', {}).get('padding_fraction')}",
+         ">= 1.3x"),
+        ("infer: batched vs one at a time", f"{f['infer_batched_vs_sequential']}x",
+         f"{infer.get('batched', {}).get('tokens_per_s')} vs {infer.get('sequential', {}).get('tokens_per_s')} tok/s",
+         ">= 4x"),
+        ("judge: concurrency 16 vs 1 (200 ms latency)", f"{f['judge_concurrent_vs_sequential']}x",
+         f"{judge.get('concurrency_16', {}).get('judgments_per_s')} vs "
+         f"{judge.get('concurrency_1', {}).get('judgments_per_s')} judgments/s", ">= 10x"),
+        ("judge: requests of a re-run", f"{f['judge_rerun_requests']}", "", "0"),
+        ("papermill vs direct call (infer stage)", f"{f['papermill_overhead']}",
+         f"{pipeline.get('papermill_s')} s vs {pipeline.get('direct_s')} s", "< 0.10"),
+        ("make demo stage wall times (s)", json.dumps(f["demo_stage_seconds"]), "", ""),
+        ("GPU", json.dumps(f["gpu"].get("skipped") or f["gpu"].get("train_bf16", {}).get("mfu")), "", ""),
+    ]
+    lines = ["| measure | result | detail | goal |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
