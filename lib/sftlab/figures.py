@@ -41,23 +41,44 @@ def _save(fig, path: Path | None):
     fig.tight_layout()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend placed outside the panels
     return fig
+
+
+def _grid(count: int, columns: int = 4, size: tuple[float, float] = (3.4, 3.0)):
+    rows = max(1, -(-count // columns))
+    columns = min(columns, max(count, 1))
+    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _legend_outside(fig, ax) -> None:
+    """One legend for the figure, to the right of the panels, instead of one over each panel's data."""
+    handles, labels = ax.get_legend_handles_labels()
+    for other in fig.axes:
+        if other.get_legend() is not None:
+            other.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
 
 
 def criteria_by_checkpoint(summary: pd.DataFrame, criteria: list[str], path: Path | None = None):
     """Mean of each criterion (and overall) per checkpoint, with its bootstrap interval."""
     _theme()
     names = [c for c in ["overall", *criteria] if c in summary]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes = _grid(len(names))
+    for ax, name in zip(axes, names):
         for experiment, group in summary.groupby("experiment", sort=False):
             group = group.sort_values("step")
             err = [group[name] - group[f"{name}_low"], group[f"{name}_high"] - group[name]]
             ax.errorbar(group["checkpoint"], group[name], yerr=err, marker="o", capsize=3, label=experiment)
         ax.set_title(name)
         ax.tick_params(axis="x", rotation=45)
-    axes[0][0].legend(fontsize=8)
+    if axes:
+        _legend_outside(fig, axes[0])
     return _save(fig, path)
 
 
@@ -73,20 +94,18 @@ def training_curves(history: pd.DataFrame, path: Path | None = None):
 
 
 def degeneration(summary: pd.DataFrame, path: Path | None = None):
-    """Termination rate (higher is better) and repetition (lower is better) per checkpoint."""
+    """Termination rate (higher is better) and repetition, rep-4 and seq-rep-4 (lower is better)."""
     _theme()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     table = summary.sort_values(["experiment", "step"])
-    sns.barplot(data=table, x="checkpoint", y="eos_rate", hue="experiment", ax=axes[0])
-    axes[0].set_title("EOS-termination rate")
-    axes[0].set_ylim(0, 1)
-    long = table.melt(id_vars=["experiment", "checkpoint"], value_vars=["rep_2", "rep_4", "seq_rep_4"],
-                      var_name="metric", value_name="value")
-    long["series"] = long["experiment"] + " · " + long["metric"]
-    sns.pointplot(data=long, x="checkpoint", y="value", hue="series", ax=axes[1])
-    axes[1].set_title("repetition")
-    for ax in axes:
+    for ax, (column, title) in zip(axes, [("eos_rate", "EOS-termination rate"), ("rep_4", "rep-4"),
+                                          ("seq_rep_4", "seq-rep-4")]):
+        sns.pointplot(data=table, x="checkpoint", y=column, hue="experiment", ax=ax)
+        ax.set_title(title)
+        ax.set_ylabel("")
+        ax.set_ylim(0, 1 if column == "eos_rate" else max(0.05, float(table[column].max()) * 1.1))
         ax.tick_params(axis="x", rotation=45)
+    _legend_outside(fig, axes[0])
     return _save(fig, path)
 
 
@@ -95,10 +114,12 @@ def score_distributions(samples: pd.DataFrame, criteria: list[str], path: Path |
     _theme()
     judged = samples[samples["judge_status"] == "judged"]
     names = [c for c in criteria if f"score:{c}" in judged]
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    fig, axes = _grid(len(names))
+    for ax, name in zip(axes, names):
         sns.boxplot(data=judged, x="checkpoint", y=f"score:{name}", hue="experiment", ax=ax)
         ax.set_title(name)
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=45)
+    if axes:
+        _legend_outside(fig, axes[0])
     return _save(fig, path)

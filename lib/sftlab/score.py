@@ -216,7 +216,7 @@ def paired_differences(samples: pd.DataFrame, baseline: tuple[str, str], n_boot:
 
 def study_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The origin's table, measured: each experiment's last checkpoint, with the origin's observation."""
-    last = summary[summary["step"] >= 0].sort_values("step").groupby("experiment").tail(1)
+    last = summary[summary["step"] >= 0].sort_values(["experiment", "step"]).groupby("experiment").tail(1)
     table = pd.DataFrame({
         "experiment": last["experiment"],
         "checkpoint": last["checkpoint"],
