@@ -15,11 +15,25 @@ _STEP = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def name_step(name: str) -> int | None:
+    """The step in a name like checkpoint-30; None for anything else (e.g. `base`)."""
+    match = _STEP.match(name)
+    return int(match.group(1)) if match else None
+
+
 def step_of(checkpoint: Path) -> int:
-    match = _STEP.match(checkpoint.name)
-    if not match:
+    step = name_step(checkpoint.name)
+    if step is None:
         raise ValueError(f"{checkpoint}: not a checkpoint folder (expected checkpoint-<step>)")
-    return int(match.group(1))
+    return step
+
+
+def checkpoint_order(name: str) -> tuple:
+    """Sort key for outputs named after models: base first, then checkpoint-<step> by step, then by name."""
+    if name == "base":
+        return (0, 0, "")
+    step = name_step(name)
+    return (1, step, "") if step is not None else (2, 0, name)
 
 
 def is_complete(checkpoint: Path) -> bool:

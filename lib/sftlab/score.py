@@ -18,7 +18,6 @@ generations, or the baseline names a checkpoint that was not generated.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pandas as pd
 
 from sftlab import checkpoints, paths
 from sftlab.config import Params, atomic_write_text
+from sftlab.judge import store
 
 DEGENERATION = ["eos_terminated", "rep_2", "rep_3", "rep_4", "seq_rep_4", "distinct_1", "distinct_2"]
 SCORE_PREFIX = "score:"  # per-criterion columns of the per-sample table: "score:정확성"
@@ -64,9 +64,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def checkpoint_step(name: str) -> int:
-    """Order of checkpoints: the base model first, then by training step."""
-    match = re.fullmatch(r"checkpoint-(\d+)", name)
-    return int(match.group(1)) if match else -1
+    """The `step` column: a checkpoint's training step, -1 for the base model (so it sorts first)."""
+    step = checkpoints.name_step(name)
+    return -1 if step is None else step
 
 
 def per_sample(experiments: list[str]) -> pd.DataFrame:
@@ -99,12 +99,10 @@ def per_sample(experiments: list[str]) -> pd.DataFrame:
 
 
 def _latest_judgments(judge_dir: Path) -> pd.DataFrame:
-    rows = [row for f in sorted(judge_dir.glob("*.jsonl")) for row in read_jsonl(f)] if judge_dir.is_dir() else []
-    if not rows:
+    # The judge stage's own reader: a repaired row comes after the failure it replaces, the last one wins.
+    latest = store.latest_rows(judge_dir) if judge_dir.is_dir() else {}
+    if not latest:
         return pd.DataFrame()
-    latest: dict[tuple, dict] = {}
-    for row in rows:  # append order: a repaired row comes after the failure it replaces
-        latest[(row["checkpoint"], row["id"])] = row
     records = []
     for (checkpoint, sample_id), row in latest.items():
         record = {"checkpoint": checkpoint, "id": sample_id, "judge_status": row.get("status"),

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
+
+from sftlab.checkpoints import checkpoint_order
 
 log = logging.getLogger("sftlab.judge")
 
@@ -24,12 +25,6 @@ FIELDS = ("key", "id", "checkpoint", "status", "judge", "scores", "reasons", "ov
           "cost_usd", "requests", "structured", "metrics", "reused_from", "meta", "judged_at")
 
 
-def checkpoint_order(name: str) -> tuple:
-    """base first, then checkpoint-<step> by step, then anything else by name."""
-    if name == "base":
-        return (0, 0, "")
-    match = re.fullmatch(r"checkpoint-(\d+)", name)
-    return (1, int(match.group(1)), "") if match else (2, 0, name)
 
 
 def jsonl_files(directory: Path) -> list[Path]:

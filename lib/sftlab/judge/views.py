@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from sftlab.judge.rubric import Rubric
-from sftlab.judge.store import checkpoint_order
+from sftlab.checkpoints import checkpoint_order
 
 ABOUT_BACKENDS = {
     "reference": ("the offline reference judge — agreement with the reference answer (token F1, ROUGE-L, exact "
