@@ -84,6 +84,7 @@ def build_index(outputs: Path | None = None) -> Path:
 <style>
 body {{ font-family: system-ui, "Noto Sans KR", "Apple SD Gothic Neo", sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: left; }}
+td.done, td.failed, td.running, td.not-run {{ white-space: nowrap; }}
 .done {{ background: #e6f4e6; }} .failed {{ background: #fbe3e3; }} .running {{ background: #fff5d6; }}
 .not-run {{ color: #999; }}
 </style></head><body>

@@ -273,7 +273,7 @@ def run_scores(params: Params) -> dict[str, pd.DataFrame]:
 def headline(summary: pd.DataFrame) -> dict[str, str]:
     """A few numbers per experiment (its last checkpoint) for outputs/index.html."""
     result = {}
-    for _, row in summary.sort_values("step").groupby("experiment").tail(1).iterrows():
+    for _, row in summary.sort_values(["experiment", "step"]).groupby("experiment").tail(1).iterrows():
         text = f"{row['checkpoint']}: EOS {row['eos_rate']:.0%}, rep-4 {row['rep_4']:.3f}"
         if "overall" in row and not pd.isna(row["overall"]):
             text += f", overall {row['overall']:.3f} [{row['overall_low']:.3f}, {row['overall_high']:.3f}]"
