@@ -282,11 +282,9 @@ def headline(summary: pd.DataFrame) -> dict[str, str]:
 
 
 def training_history(experiments: list[str]) -> pd.DataFrame:
-    rows = []
-    for experiment in experiments:
-        state = checkpoints.trainer_state(paths.experiment_dir(experiment) / "train")
-        for entry in state.get("log_history", []):
-            if "loss" in entry:
-                rows.append({"experiment": experiment, "step": entry["step"], "loss": entry["loss"],
-                             "grad_norm": entry.get("grad_norm")})
-    return pd.DataFrame(rows, columns=["experiment", "step", "loss", "grad_norm"])
+    """The train stage's curves (`launch.training_curves`) of every experiment, one frame for overlaying."""
+    from sftlab.launch import training_curves
+
+    frames = [training_curves(paths.experiment_dir(e) / "train").assign(experiment=e) for e in experiments]
+    columns = ["experiment", "step", "loss", "grad_norm"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
