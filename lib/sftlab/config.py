@@ -172,8 +172,13 @@ class Params(_Section):
     score: ScoreParams = ScoreParams()
 
     @property
+    def layout(self) -> paths.ExperimentLayout:
+        """This experiment's folders (sftlab.paths.ExperimentLayout)."""
+        return paths.ExperimentLayout.of(self.experiment)
+
+    @property
     def output_dir(self) -> Path:
-        return paths.experiment_dir(self.experiment)
+        return self.layout.root
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-safe), with every default spelled out."""
@@ -316,9 +321,8 @@ def from_notebook(params_file: str | None = None, **injected: Any) -> Params:
 
 def write_resolved(params: Params, directory: str | os.PathLike | None = None) -> Path:
     """Write `config.resolved.yaml` (every default spelled out) atomically; return its path."""
-    directory = Path(directory) if directory else params.output_dir
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "config.resolved.yaml"
+    target = Path(directory) / "config.resolved.yaml" if directory else params.layout.resolved_params
+    target.parent.mkdir(parents=True, exist_ok=True)
     text = "# Resolved by sftlab: the params file, its bases and overrides, with every default.\n"
     text += yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True)
     atomic_write_text(target, text)

@@ -1,8 +1,11 @@
-"""Where things live: the project root, the outputs folder, one experiment's folders.
+"""Where things live: the project root, the outputs folder, and one experiment's folders.
 
 Relative paths in a params file (data files, rubrics, `base:`) are written as seen from the
 project root, because that is where `sftlab run` starts the notebook kernels. A notebook opened
-by hand in `notebooks/` has another working directory, so `resolve` falls back to the root.
+by hand elsewhere has another working directory, so `resolve` falls back to the root.
+
+`ExperimentLayout` is the one owner of an experiment's on-disk layout: every stage, the runner,
+the reports and the benchmarks ask it for a folder instead of joining names themselves.
 
 Environment:
     SFTLAB_ROOT     the project root (default: the checkout this package was installed from)
@@ -12,14 +15,15 @@ Environment:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 # lib/sftlab/paths.py -> parents[2] is the checkout (the package is installed editable).
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("SFTLAB_ROOT", _PACKAGE_ROOT)).resolve()
+    return Path(os.environ.get("SFTLAB_ROOT", PACKAGE_ROOT)).resolve()
 
 
 def outputs_root() -> Path:
@@ -27,11 +31,87 @@ def outputs_root() -> Path:
 
 
 def notebooks_dir() -> Path:
+    """The notebook templates (read-only: runs and hand copies are written under the experiment)."""
     return project_root() / "notebooks"
 
 
 def experiment_dir(experiment: str) -> Path:
     return outputs_root() / experiment
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """The folders and files of one experiment, `outputs/<experiment>/`:
+
+        config.resolved.yaml      the params as last run, every default spelled out
+        status.json               per stage: the latest run and the history of runs
+        train/                    checkpoints, trainer_state.json, train.log, label_audit.html
+        generations/              <checkpoint>.jsonl + <checkpoint>.settings.json (infer)
+        judge/                    <checkpoint>.jsonl + summary.json (judge)
+        scores/                   summary.csv, differences.csv, study_table.csv, figures/ (score)
+        runs/<UTC time>-<stage>/  the immutable record of one stage run: executed notebook, HTML, params
+        reports/<stage>.html      the latest run's report (a copy of its record's HTML)
+        notebooks/<stage>.ipynb   parameterized copies to open by hand (`sftlab notebook`)
+    """
+
+    root: Path
+
+    @classmethod
+    def of(cls, experiment: str) -> "ExperimentLayout":
+        return cls(experiment_dir(experiment))
+
+    @property
+    def experiment(self) -> str:
+        return self.root.name
+
+    @property
+    def resolved_params(self) -> Path:
+        return self.root / "config.resolved.yaml"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations"
+
+    @property
+    def judge(self) -> Path:
+        return self.root / "judge"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    @property
+    def figures(self) -> Path:
+        return self.scores / "figures"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    def generations_file(self, checkpoint: str) -> Path:
+        return self.generations / f"{checkpoint}.jsonl"
+
+    def judge_file(self, checkpoint: str) -> Path:
+        return self.judge / f"{checkpoint}.jsonl"
+
+    def report(self, stage: str) -> Path:
+        return self.reports / f"{stage}.html"
 
 
 def resolve(path: str | os.PathLike) -> Path:
