@@ -194,7 +194,8 @@ def test_committed_notebooks_carry_no_outputs():
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
-        assert nb.metadata.kernelspec.name == "sftlab", path
+        # A generic kernel: the runner and `sftlab notebook` name this checkout's own kernel themselves.
+        assert nb.metadata.kernelspec.name == "python3", path
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs"
