@@ -25,6 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sftlab import kernel as sftlab_kernel
 from sftlab import paths, reports
 from sftlab.config import Params, apply_overrides, atomic_write_text, load_params, read_yaml, validate, write_resolved
 
@@ -115,8 +116,7 @@ def run_stage(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    kernel = kernel or kernel_name()
-    _check_kernel(kernel)
+    kernel = sftlab_kernel.ensure(kernel or os.environ.get("SFTLAB_KERNEL"))
     exp_dir = params.output_dir
     resolved = write_resolved(params, exp_dir)
     source = (notebooks or paths.notebooks_dir()) / f"{stage}.ipynb"
