@@ -1,5 +1,7 @@
-"""The runner executes real notebooks with papermill on the `sftlab` kernel and renders them."""
+"""The runner executes real notebooks with papermill on this checkout's kernel, keeps every run as a record,
+renders it and indexes it; `sftlab notebook` writes hand copies and leaves the templates alone."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,7 +12,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from sftlab import runner
+from sftlab import kernel, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -20,7 +22,7 @@ PARAMETERS = "params_file = None\nexperiment = None\nbase = None\nseed = None\nm
 
 def make_notebook(folder: Path, stage: str, *sources: str) -> Path:
     nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "sftlab", "display_name": "Python (sftlab)", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     cells = [new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]})]
     cells += [new_code_cell(s) for s in sources]
     nb.cells = cells
@@ -36,14 +38,19 @@ def params_file(tmp_path: Path, text: str = "") -> Path:
     return path
 
 
+def run_dirs(exp: Path, stage: str) -> list[Path]:
+    return sorted(p for p in (exp / "runs").iterdir() if p.name.split("-", 1)[1].startswith(stage))
+
+
 def test_runs_a_notebook_with_the_resolved_params_and_renders_it(tmp_path, outputs):
     notebooks = tmp_path / "notebooks"
     make_notebook(notebooks, "train", """\
-from sftlab import config
+from sftlab import config, kernel
 params = config.from_notebook(params_file, experiment=experiment, seed=seed, train=train)
 print("steps", params.train.max_steps, "seed", params.seed, "안녕하세요")
 print("<b>not bold</b>")
-import os; print("cwd", os.getcwd())""")
+import os, sys; print("cwd", os.getcwd()); print("run", os.environ["SFTLAB_RUN"]); print("python", sys.executable)
+print("package", kernel.check_checkout())""")
     make_notebook(notebooks, "infer", "print('infer ran with', experiment)")
 
     runner.run(params_file(tmp_path, "train:\n  max_steps: 3\n"), overrides=["seed=11"], notebooks=notebooks)
@@ -51,23 +58,71 @@ import os; print("cwd", os.getcwd())""")
     exp = outputs / "tiny"
     resolved = (exp / "config.resolved.yaml").read_text()
     assert "max_steps: 3" in resolved and "seed: 11" in resolved
-    executed = nbformat.read(exp / "notebooks" / "train.ipynb", as_version=4)
+    [train_run] = run_dirs(exp, "train")
+    assert (train_run / "config.resolved.yaml").read_text() == resolved  # the record keeps its own params
+    executed = nbformat.read(train_run / "train.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "steps 3 seed 11 안녕하세요" in text
     assert f"cwd {ROOT}" in text  # kernels start in the project root, where relative params paths point
+    assert f"run {train_run}\n" in text  # the stage code can tell which run it belongs to
+    assert f"python {sys.executable}\n" in text  # this checkout's own kernel
+    assert f"package {ROOT / 'lib' / 'sftlab'}\n" in text
+    assert "SFTLAB_RUN" not in os.environ and kernel.EXPECT_PACKAGE_ENV not in os.environ  # restored
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert executed.metadata.papermill.get("parameters", {}).get("params_file") == str(exp / "config.resolved.yaml")
+    assert not (exp / "notebooks").exists()  # that folder is for hand copies
 
-    html = (exp / "reports" / "train.html").read_text(encoding="utf-8")
+    html = (train_run / "train.html").read_text(encoding="utf-8")
     assert "안녕하세요" in html and 'charset="utf-8"' in html.lower().replace("'", '"')
     assert "&lt;b&gt;not bold&lt;/b&gt;" in html and "<b>not bold</b>" not in html
-    no_input = (exp / "reports" / "train.no-input.html").read_text(encoding="utf-8")
+    no_input = (train_run / "train.no-input.html").read_text(encoding="utf-8")
     assert "안녕하세요" in no_input and "config.from_notebook" not in no_input
+    assert (exp / "reports" / "train.html").read_text(encoding="utf-8") == html  # the latest, copied
+    assert (exp / "reports" / "train.no-input.html").read_text(encoding="utf-8") == no_input
 
     status = json.loads((exp / "status.json").read_text())
+    train_entry = status["stages"]["train"]
     assert [status["stages"][s]["status"] for s in ("train", "infer")] == ["done", "done"]
+    assert train_entry["run"] == f"runs/{train_run.name}" and train_entry["params_file"].endswith("exp.yaml")
+    assert {"started", "finished", "seconds"} <= set(train_entry)
+    assert train_entry["history"] == [{k: v for k, v in train_entry.items() if k != "history"}]
+    record = json.loads((train_run / "run.json").read_text())
+    assert record["status"] == "done" and record["kernel"] == kernel.name()
     index = (outputs / "index.html").read_text(encoding="utf-8")
     assert "tiny/reports/train.html" in index and "tiny/reports/infer.html" in index
+    assert f"tiny/runs/{train_run.name}/train.html" in index and "history (1)" in index
+
+
+def test_a_second_run_adds_a_record_and_the_latest_is_reported(tmp_path, outputs):
+    notebooks = tmp_path / "notebooks"
+    make_notebook(notebooks, "train", "print('seed is', seed)")
+    exp = outputs / "tiny"
+    runner.run(params_file(tmp_path), overrides=["seed=1"], notebooks=notebooks)
+    [first] = run_dirs(exp, "train")
+    first_files = {p.name: p.read_bytes() for p in first.iterdir()}
+    runner.run(params_file(tmp_path), overrides=["seed=2"], notebooks=notebooks)
+    runner.run(params_file(tmp_path), overrides=["seed=3"], notebooks=notebooks)
+
+    runs = run_dirs(exp, "train")
+    assert len(runs) == 3 and runs[0] == first
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == first_files  # never overwritten
+    assert "seed is 1" in (first / "train.html").read_text(encoding="utf-8")
+    latest = json.loads((exp / "status.json").read_text())["stages"]["train"]
+    assert [e["run"] for e in latest["history"]] == [f"runs/{r.name}" for r in runs]  # oldest first
+    assert latest["run"] == latest["history"][-1]["run"]
+    assert all(e["status"] == "done" for e in latest["history"])
+    assert "seed is 3" in (exp / "reports" / "train.html").read_text(encoding="utf-8")
+    index = (outputs / "index.html").read_text(encoding="utf-8")
+    assert "history (3)" in index and all(f"tiny/runs/{r.name}/train.html" in index for r in runs)
+
+
+def test_runs_within_one_second_get_their_own_folders(tmp_path, outputs):
+    from sftlab.config import load_params
+
+    layout = load_params(params_file(tmp_path)).layout
+    started = 1796049302.0  # 2026-11-30T14:35:02Z
+    names = [runner._new_run_dir(layout, "train", started + i / 10).name for i in range(3)]
+    assert names == ["20261130T143502Z-train", "20261130T143502Z-train-2", "20261130T143502Z-train-3"]
 
 
 def test_failing_cell_stops_the_run_with_its_error_and_notebook(tmp_path, outputs):
@@ -78,15 +133,18 @@ def test_failing_cell_stops_the_run_with_its_error_and_notebook(tmp_path, output
     with pytest.raises(runner.StageFailed) as e:
         runner.run(params_file(tmp_path), notebooks=notebooks)
     message = str(e.value)
-    executed = outputs / "tiny" / "notebooks" / "train.ipynb"
+    [train_run] = run_dirs(outputs / "tiny", "train")
+    executed = train_run / "train.ipynb"
     assert "stage 'train' failed" in message
     assert "ValueError: row 7 of 데이터 is bad" in message
-    assert str(executed) in message
+    assert f"executed notebook: {executed}" in message and f"report: {train_run / 'train.html'}" in message
     assert executed.exists() and (outputs / "tiny" / "reports" / "train.html").exists()
     status = json.loads((outputs / "tiny" / "status.json").read_text())
     assert status["stages"]["train"]["status"] == "failed"
+    assert "ValueError" in status["stages"]["train"]["history"][0]["error"]
+    assert json.loads((train_run / "run.json").read_text())["status"] == "failed"
     assert "infer" not in status["stages"]
-    assert not (outputs / "tiny" / "notebooks" / "infer.ipynb").exists()
+    assert [p.name for p in (outputs / "tiny" / "runs").iterdir()] == [train_run.name]
     index = (outputs / "index.html").read_text(encoding="utf-8")
     assert 'class="failed"' in index and "not run" in index
 
@@ -107,8 +165,9 @@ def test_unregistered_kernel_says_what_to_do(tmp_path, outputs, monkeypatch):
     notebooks = tmp_path / "notebooks"
     make_notebook(notebooks, "train", "pass")
     monkeypatch.setenv("SFTLAB_KERNEL", "no-such-kernel-xyz")
-    with pytest.raises(runner.StageFailed, match=r"kernel 'no-such-kernel-xyz' is not registered.*make setup"):
+    with pytest.raises(kernel.KernelError, match=r"kernel 'no-such-kernel-xyz' is not registered.*make setup"):
         runner.run(params_file(tmp_path), notebooks=notebooks)
+    assert not (outputs / "tiny").exists()  # refused before anything was written
 
 
 def test_unknown_stage_is_refused(tmp_path, outputs):
@@ -140,8 +199,9 @@ def test_train_notebook_through_the_cli_and_stock_papermill(tmp_path, outputs, t
                         env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     exp = outputs / "demo"
-    for produced in ("notebooks/train.ipynb", "reports/train.html", "train/label_audit.html", "train/curves.png",
-                     "train/train.log", "train/checkpoint-2/model.safetensors"):
+    [train_run] = run_dirs(exp, "train")
+    for produced in (f"runs/{train_run.name}/train.ipynb", "reports/train.html", "train/label_audit.html",
+                     "train/curves.png", "train/train.log", "train/checkpoint-2/model.safetensors"):
         assert (exp / produced).exists(), produced
     assert json.loads((exp / "status.json").read_text())["stages"]["train"]["status"] == "done"
     assert "index:" in result.stdout and (outputs / "index.html").exists()
@@ -161,6 +221,39 @@ def test_train_notebook_through_the_cli_and_stock_papermill(tmp_path, outputs, t
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "experiment: stock" in text and "[sftlab] step 1/1" in text
     assert (outputs / "stock" / "train" / "checkpoint-1").is_dir()
+
+
+def template_digests() -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+
+
+def test_notebook_command_writes_a_parameterized_copy_and_leaves_the_templates_alone(outputs):
+    templates = template_digests()
+    env = {**os.environ}
+    result = sftlab_cli("notebook", "params/demo.yaml", "--stage", "infer", "--set", "experiment=hand",
+                        "--set", "infer.num_samples=3", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    copy = outputs / "hand" / "notebooks" / "infer.ipynb"
+    jupyter = Path(sys.prefix) / "bin" / "jupyter"
+    assert result.stdout == f"{jupyter} lab {copy}\n"  # this checkout's Jupyter, the copy's exact path
+    nb = nbformat.read(copy, as_version=4)
+    assert nb.metadata.kernelspec.name == kernel.name()
+    assert nb.metadata.kernelspec.display_name == f"Python (sftlab: {ROOT})"
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and '"num_samples": 3' in injected[0].source
+    assert f"params_file = \"{outputs / 'hand' / 'config.resolved.yaml'}\"" in injected[0].source
+    assert "num_samples: 3" in (outputs / "hand" / "config.resolved.yaml").read_text()
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # prepared, not executed
+    assert template_digests() == templates
+    assert not (outputs / "hand" / "runs").exists()
+
+    copy.write_text(copy.read_text(encoding="utf-8").replace("num_samples", "num_samples_edited"), encoding="utf-8")
+    again = sftlab_cli("notebook", "params/demo.yaml", "--stage", "infer", "--set", "experiment=hand", env=env)
+    assert again.returncode == 1 and "may hold your edits" in again.stderr and "--force" in again.stderr
+    assert "num_samples_edited" in copy.read_text(encoding="utf-8")
+    forced = sftlab_cli("notebook", "params/demo.yaml", "--stage", "infer", "--set", "experiment=hand", "--force",
+                        env=env)
+    assert forced.returncode == 0 and "num_samples_edited" not in copy.read_text(encoding="utf-8")
 
 
 def test_train_stage_stops_on_the_origin_bug_before_training(tmp_path, outputs, tiny_model_path):

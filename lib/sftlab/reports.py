@@ -1,19 +1,29 @@
 """HTML reports: executed notebooks rendered with nbconvert, and `outputs/index.html`.
 
-`render_notebook(nb, reports_dir)` writes `<stage>.html` (code and outputs) and
-`<stage>.no-input.html` (outputs only, for readers who want no code). Figures are embedded as
+`render_notebook(nb, folder)` writes `<stage>.html` (code and outputs) and `<stage>.no-input.html`
+(outputs only, for readers who want no code) into `folder` (a run's record). Figures are embedded as
 data URIs by nbconvert; text outputs are escaped by it, so model output is never interpreted as HTML.
 
-`build_index()` lists every experiment under the outputs folder with each stage's status
-(done / failed / running / not run), its run time and links; it is rebuilt after every stage.
-Headline numbers come from `<exp>/scores/headline.json` when the score stage has written one.
+`publish_latest(pages, reports_dir, stage)` copies a run's pages to `reports/` as the stage's latest
+report, or removes the previous run's when this run rendered none (a report must not outlive its run).
+
+`build_index()` lists every experiment under the outputs folder (those with a status.json) with each
+stage's latest status (done / failed / running / not run, or any status a run records), its run time,
+a link to the latest report and the run history (every run's own report, newest first); it is rebuilt
+before and after every stage. Headline numbers come from `<exp>/scores/headline.json` when the score
+stage has written one.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from sftlab import paths
 from sftlab.config import atomic_write_text
@@ -36,15 +46,50 @@ def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
     return written
 
 
+def publish_latest(pages: list[Path], reports_dir: Path, stage: str) -> None:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (reports_dir / f"{stage}.html", reports_dir / f"{stage}.no-input.html"):
+        if not any(page.name == stale.name for page in pages):
+            stale.unlink(missing_ok=True)
+    for page in pages:
+        fd, tmp = tempfile.mkstemp(dir=reports_dir, prefix=f".{page.name}.", suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(page, tmp)
+        os.replace(tmp, reports_dir / page.name)
+
+
+def _href(outputs: Path, target: Path) -> str:
+    return html.escape(quote(target.relative_to(outputs).as_posix()))
+
+
+def status_class(status: str) -> str:
+    """The CSS class of a status: `done`, `failed`, `done with errors` -> `done-with-errors`."""
+    return re.sub(r"[^a-z0-9]+", "-", status.lower()).strip("-") or "unknown"
+
+
+def _history(outputs: Path, layout: paths.ExperimentLayout, stage: str, runs: list[dict]) -> str:
+    items = []
+    for run in reversed(runs):  # newest first
+        name = run.get("run", "?")
+        text = html.escape(Path(name).name)
+        report = layout.root / name / f"{stage}.html"
+        if "run" in run and report.exists():
+            text = f'<a href="{_href(outputs, report)}">{text}</a>'
+        detail = html.escape(run.get("status", "?")) + (f" · {run['seconds']:.0f} s" if "seconds" in run else "")
+        items.append(f"<li>{text} {detail}</li>")
+    return f'<details><summary>history ({len(runs)})</summary><ol>{"".join(items)}</ol></details>'
+
+
 def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
     rows = []
     for status_file in sorted(outputs.glob("*/status.json")):
-        exp_dir = status_file.parent
+        layout = paths.ExperimentLayout(status_file.parent)
         try:
             status = json.loads(status_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             status = {"stages": {}}
-        cells = [f'<td><a href="{html.escape(exp_dir.name)}/config.resolved.yaml">{html.escape(exp_dir.name)}</a></td>']
+        name = html.escape(layout.experiment)
+        cells = [f'<td><a href="{_href(outputs, layout.resolved_params)}">{name}</a></td>']
         for stage in stages:
             info = status.get("stages", {}).get(stage)
             if not info:
@@ -54,19 +99,21 @@ def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
             text = html.escape(state)
             if "seconds" in info:
                 text += f" · {info['seconds']:.0f} s"
-            report = exp_dir / "reports" / f"{stage}.html"
+            report = layout.report(stage)
             if report.exists():
-                text = f'<a href="{html.escape(exp_dir.name)}/reports/{stage}.html">{text}</a>'
+                text = f'<a href="{_href(outputs, report)}">{text}</a>'
+            if info.get("history"):
+                text += _history(outputs, layout, stage, info["history"])
             title = f' title="{html.escape(info["error"])}"' if info.get("error") else ""
-            cells.append(f'<td class="{html.escape(state)}"{title}>{text}</td>')
-        cells.append(f"<td>{_headline(exp_dir)}</td>")
+            cells.append(f'<td class="{status_class(state)}"{title}>{text}</td>')
+        cells.append(f"<td>{_headline(layout)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return rows
 
 
-def _headline(exp_dir: Path) -> str:
+def _headline(layout: paths.ExperimentLayout) -> str:
     try:
-        headline = json.loads((exp_dir / "scores" / "headline.json").read_text(encoding="utf-8"))
+        headline = json.loads((layout.scores / "headline.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return ""
     return "<br>".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in headline.items())
@@ -84,7 +131,7 @@ def build_index(outputs: Path | None = None) -> Path:
 <style>
 body {{ font-family: system-ui, "Noto Sans KR", "Apple SD Gothic Neo", sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: left; }}
-td.done, td.failed, td.running, td.not-run {{ white-space: nowrap; }}
+td {{ white-space: nowrap; vertical-align: top; }} details {{ font-size: .85em; }} ol {{ margin: .2em 0; }}
 .done {{ background: #e6f4e6; }} .failed {{ background: #fbe3e3; }} .running {{ background: #fff5d6; }}
 .not-run {{ color: #999; }}
 </style></head><body>

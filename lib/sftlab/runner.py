@@ -1,23 +1,40 @@
-"""Run an experiment: each stage's notebook executed by papermill, rendered to HTML, indexed.
+"""Run an experiment: each stage's notebook executed by papermill, rendered to HTML, recorded, indexed.
 
     sftlab run params/demo.yaml [--stages train,infer] [--set train.max_steps=5]
     sftlab run params/studies/collator/          # every params file in the folder, in name order,
                                                  # then one score over all of them (<folder>-study)
+    sftlab notebook params/demo.yaml --stage train [--set ...]   # a parameterized copy to open by hand
 
-For each stage, in the order train -> infer -> judge -> score (those whose notebook exists):
-    outputs/<exp>/config.resolved.yaml      the params as run (written before the first stage)
-    outputs/<exp>/notebooks/<stage>.ipynb   the executed notebook (saved after every cell)
-    outputs/<exp>/reports/<stage>.html      rendered with nbconvert (+ <stage>.no-input.html)
-    outputs/<exp>/status.json               per stage: done / failed / running, times, error
-    outputs/index.html                      rebuilt after each stage
+The templates in notebooks/ are only read. For each stage, in the order train -> infer -> judge -> score
+(those whose notebook exists), under the experiment's folder (`params.layout`, outputs/<exp>/):
+    config.resolved.yaml                the params as run (written before the stage)
+    runs/<UTC time>-<stage>/            the run's record, never overwritten (a second run in the same
+                                        second gets -2, -3...):
+        <stage>.ipynb                   the executed notebook (saved after every cell)
+        <stage>.html, .no-input.html    rendered with nbconvert
+        config.resolved.yaml            the params of this run
+        run.json                        its status entry and the kernel it ran on
+    reports/<stage>.html (+ .no-input)  the latest run's reports (copies of its record's)
+    status.json                         per stage: the latest run's entry (status, started, finished,
+                                        seconds, error, params_file, run) and `history`, every run's
+                                        entry, oldest first
+outputs/index.html                      rebuilt before and after each stage
 
-The kernel is named explicitly: `sftlab` (registered by `make setup`) unless SFTLAB_KERNEL says
-otherwise. Raises `StageFailed` at the first failing stage, with the failing cell's error and the
-path of the executed notebook; the stages after it are not run.
+`notebook_copy` (`sftlab notebook`) writes outputs/<exp>/notebooks/<stage>.ipynb: the template with the
+parameters a run would inject, not executed, on this checkout's kernel.
+
+Kernel: this environment's own (`sftlab.kernel.name()`, registered if missing) unless --kernel or
+SFTLAB_KERNEL names another; `sftlab.kernel.ensure` raises `KernelError` before anything is written if
+the kernel's interpreter is another environment or imports another checkout's sftlab. While a stage runs,
+its kernel sees SFTLAB_RUN (the run folder) and SFTLAB_EXPECT_PACKAGE (this sftlab's package folder).
+Raises `StageFailed` at the first failing stage, with the failing cell's error and the paths of the
+executed notebook and its report; the stages after it are not run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -31,7 +48,10 @@ from sftlab.config import Params, apply_overrides, atomic_write_text, load_param
 
 STAGES = ("train", "infer", "judge", "score")
 STUDY_FILE = "_study.yaml"  # optional settings of a study folder's joint score (not an experiment)
-DEFAULT_KERNEL = "sftlab"
+KERNEL_ENV = "SFTLAB_KERNEL"  # a kernel name to use instead of this environment's own
+RUN_ENV = "SFTLAB_RUN"  # the run folder, for the stage code in the kernel
+# A stage run's status. The index shows any string (its CSS class is derived from it).
+RUNNING, DONE, FAILED = "running", "done", "failed"
 
 log = logging.getLogger("sftlab.runner")
 
@@ -40,13 +60,16 @@ class StageFailed(RuntimeError):
     """A stage's notebook raised; the message has the cell's error and the executed notebook."""
 
 
-def kernel_name() -> str:
-    return os.environ.get("SFTLAB_KERNEL", DEFAULT_KERNEL)
-
-
 def available_stages(notebooks: Path | None = None) -> list[str]:
     notebooks = notebooks or paths.notebooks_dir()
     return [stage for stage in STAGES if (notebooks / f"{stage}.ipynb").exists()]
+
+
+def _check_stages(stages: list[str], notebooks: Path) -> None:
+    known = available_stages(notebooks)
+    missing = [s for s in stages if s not in known]
+    if missing:
+        raise ValueError(f"unknown stage(s) {', '.join(missing)}; stages with a notebook: {', '.join(known)}")
 
 
 def params_files(target: str | os.PathLike) -> list[Path]:
@@ -71,11 +94,8 @@ def run(
 ) -> list[Params]:
     """Run the given stages (default: all that exist) of one params file or a study folder."""
     notebooks = notebooks or paths.notebooks_dir()
-    known = available_stages(notebooks)
-    stages = list(stages or known)
-    missing = [s for s in stages if s not in known]
-    if missing:
-        raise ValueError(f"unknown stage(s) {', '.join(missing)}; stages with a notebook: {', '.join(known)}")
+    stages = list(stages or available_stages(notebooks))
+    _check_stages(stages, notebooks)
     # Validate every file before running anything: a typo in the last file of a study should not
     # be found an hour in.
     files = params_files(target)
@@ -105,6 +125,12 @@ def study_score_params(study: Path, experiments: list[Params], overrides: list[s
     return validate(settings, sources, default_source=str(study / STUDY_FILE))
 
 
+def injected_parameters(params: Params, resolved: Path) -> dict:
+    """What papermill injects into a stage notebook: every resolved key, over `params_file` = the
+    experiment's config.resolved.yaml."""
+    return {**params.to_dict(), "params_file": str(resolved)}
+
+
 def run_stage(
     params: Params,
     stage: str,
@@ -112,69 +138,109 @@ def run_stage(
     notebooks: Path | None = None,
     params_file: Path | None = None,
 ) -> Path:
-    """Execute one stage notebook for `params`; return the executed notebook's path."""
+    """Execute one stage notebook for `params` into a new run record; return the executed notebook's path."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    kernel = sftlab_kernel.ensure(kernel or os.environ.get("SFTLAB_KERNEL"))
-    exp_dir = params.output_dir
-    resolved = write_resolved(params, exp_dir)
+    kernel = sftlab_kernel.ensure(kernel or os.environ.get(KERNEL_ENV))
+    layout = params.layout
     source = (notebooks or paths.notebooks_dir()) / f"{stage}.ipynb"
-    executed = exp_dir / "notebooks" / f"{stage}.ipynb"
-    executed.parent.mkdir(parents=True, exist_ok=True)
-
+    resolved = write_resolved(params)
     started = time.time()
-    _set_status(exp_dir, stage, status="running", started=_iso(started), params_file=params_file)
+    run_dir = _new_run_dir(layout, stage, started)
+    write_resolved(params, run_dir)
+    executed = run_dir / f"{stage}.ipynb"
+    entry = {"status": RUNNING, "started": _iso(started), "params_file": str(params_file) if params_file else None,
+             "run": run_dir.relative_to(layout.root).as_posix()}
+    _record(layout, stage, entry, kernel)
     reports.build_index()
     log.info("[%s] stage %s: %s -> %s (kernel %s)", params.experiment, stage, source, executed, kernel)
     error = None
     try:
-        papermill.execute_notebook(
-            str(source),
-            str(executed),
-            parameters={**params.to_dict(), "params_file": str(resolved)},
-            kernel_name=kernel,
-            cwd=str(paths.project_root()),
-            log_output=True,
-            progress_bar=False,
-        )
+        with _environment({RUN_ENV: str(run_dir), sftlab_kernel.EXPECT_PACKAGE_ENV: str(sftlab_kernel.package_dir())}):
+            papermill.execute_notebook(
+                str(source),
+                str(executed),
+                parameters=injected_parameters(params, resolved),
+                kernel_name=kernel,
+                cwd=str(paths.project_root()),
+                log_output=True,
+                progress_bar=False,
+            )
     except PapermillExecutionError as e:
         error = f"cell {e.exec_count}: {e.ename}: {e.evalue}"
     except Exception as e:  # kernel died, notebook unreadable...: still record and render what exists
         error = f"{type(e).__name__}: {e}"
     finished = time.time()
 
-    if executed.exists():
-        reports.render_notebook(executed, exp_dir / "reports")
-    _set_status(
-        exp_dir,
-        stage,
-        status="failed" if error else "done",
-        started=_iso(started),
-        finished=_iso(finished),
-        seconds=round(finished - started, 1),
-        error=error,
-        params_file=params_file,
-    )
+    pages = reports.render_notebook(executed, run_dir) if executed.exists() else []
+    reports.publish_latest(pages, layout.reports, stage)
+    entry.update(status=FAILED if error else DONE, finished=_iso(finished), seconds=round(finished - started, 1),
+                 error=error)
+    _record(layout, stage, entry, kernel)
     reports.build_index()
     if error:
+        report = run_dir / f"{stage}.html"
         raise StageFailed(
             f"[{params.experiment}] stage '{stage}' failed in {error}\n"
-            f"executed notebook: {executed}\nreport: {exp_dir / 'reports' / (stage + '.html')}"
+            f"executed notebook: {executed}\nreport: {report if report.exists() else 'none (nothing to render)'}"
         )
     return executed
 
 
-def _check_kernel(name: str) -> None:
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+def notebook_copy(params: Params, stage: str, notebooks: Path | None = None, force: bool = False) -> Path:
+    """Write `outputs/<exp>/notebooks/<stage>.ipynb`, a copy of the template to open by hand: the
+    parameters a run would inject (papermill's prepare-only, nothing executed) and this checkout's kernel
+    in its metadata. Writes config.resolved.yaml (the copy's `params_file`) and registers the kernel if
+    missing. Raises FileExistsError if a copy is already there (it may hold edits) unless `force`."""
+    import nbformat
+    import papermill
 
+    notebooks = notebooks or paths.notebooks_dir()
+    _check_stages([stage], notebooks)
+    target = params.layout.notebooks / f"{stage}.ipynb"
+    if target.exists() and not force:
+        raise FileExistsError(f"{target}: a copy is already there and may hold your edits; open it, or pass "
+                              f"--force to write a fresh copy over it")
+    kernel = sftlab_kernel.ensure()
+    resolved = write_resolved(params)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(notebooks / f"{stage}.ipynb"), str(target), prepare_only=True, kernel_name=kernel,
+                               parameters=injected_parameters(params, resolved), progress_bar=False)
+    nb = nbformat.read(target, as_version=4)
+    nb.metadata.kernelspec = sftlab_kernel.kernelspec_metadata()  # the template's is a generic one
+    atomic_write_text(target, nbformat.writes(nb))
+    return target
+
+
+def _new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> Path:
+    """runs/<UTC time>-<stage>, or -2, -3... after it when that second already has one (mkdir is atomic,
+    so two runners never share a folder)."""
+    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    layout.runs.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        run_dir = layout.runs / (f"{stamp}-{stage}" if n == 1 else f"{stamp}-{stage}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """Set environment variables (inherited by the kernel papermill starts) and restore them afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        KernelSpecManager().get_kernel_spec(name)
-    except NoSuchKernel:
-        raise StageFailed(
-            f"Jupyter kernel '{name}' is not registered. Run `make setup` (registers 'sftlab' for .venv) "
-            f"or set SFTLAB_KERNEL to an installed kernel (`jupyter kernelspec list`)."
-        ) from None
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _iso(timestamp: float) -> str:
@@ -188,10 +254,18 @@ def read_status(exp_dir: Path) -> dict:
         return {"stages": {}}
 
 
-def _set_status(exp_dir: Path, stage: str, params_file: Path | None = None, **fields) -> None:
-    status = read_status(exp_dir)
-    status["experiment"] = exp_dir.name
-    if params_file is not None:
-        status["params_file"] = str(params_file)
-    status.setdefault("stages", {})[stage] = {k: v for k, v in fields.items() if v is not None}
-    atomic_write_text(exp_dir / "status.json", json.dumps(status, indent=2, ensure_ascii=False) + "\n")
+def _record(layout: paths.ExperimentLayout, stage: str, entry: dict, kernel: str) -> None:
+    """Write the run's entry into its record (run.json) and into status.json: as the stage's latest, and
+    in its history (replacing the entry of the same run, e.g. `running` by `done`)."""
+    entry = {k: v for k, v in entry.items() if v is not None}
+    run_json = layout.root / entry["run"] / "run.json"
+    atomic_write_text(run_json, json.dumps({"experiment": layout.experiment, "stage": stage, "kernel": kernel,
+                                            **entry}, indent=2, ensure_ascii=False) + "\n")
+    status = read_status(layout.root)
+    status["experiment"] = layout.experiment
+    if "params_file" in entry:
+        status["params_file"] = entry["params_file"]
+    stages = status.setdefault("stages", {})
+    history = [e for e in stages.get(stage, {}).get("history", []) if e.get("run") != entry["run"]]
+    stages[stage] = {**entry, "history": [*history, entry]}
+    atomic_write_text(layout.status, json.dumps(status, indent=2, ensure_ascii=False) + "\n")
