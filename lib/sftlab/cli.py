@@ -1,6 +1,8 @@
 """The `sftlab` command.
 
     sftlab run PARAMS [--stages train,infer] [--set train.max_steps=5 ...]   run an experiment or a study folder
+    sftlab notebook PARAMS --stage STAGE [--set ...] [--force]   write a parameterized copy of a stage notebook
+                                                under the experiment and print the `jupyter lab` command
     sftlab resolve PARAMS [--set ...]                                        print the params as they would run
     sftlab prepare-model [NAME_OR_PATH]                                      convert a builtin model now
     sftlab prepare-train PARAMS [--set ...]     write the train config and data, run the label audit, print the
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -26,7 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help="comma-separated subset of train,infer,judge,score (default: all)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a param, e.g. --set train.max_steps=5 (repeatable; value read as YAML)")
-    run.add_argument("--kernel", help="Jupyter kernel name (default: $SFTLAB_KERNEL or 'sftlab')")
+    run.add_argument("--kernel", help="Jupyter kernel name (default: $SFTLAB_KERNEL or this checkout's own kernel, "
+                     "`python -m sftlab.kernel name`)")
+
+    notebook = sub.add_parser("notebook", help="write a parameterized copy of a stage notebook under the experiment "
+                              "(outputs/<exp>/notebooks/) to open by hand; the templates stay untouched")
+    notebook.add_argument("params")
+    notebook.add_argument("--stage", required=True, help="train, infer, judge or score")
+    notebook.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    notebook.add_argument("--force", action="store_true", help="overwrite a copy that is already there")
 
     resolve = sub.add_parser("resolve", help="print the merged, validated params with every default")
     resolve.add_argument("params")
@@ -51,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from sftlab.audit import UnsupervisedEOSError
     from sftlab.config import ParamsError, load_params
     from sftlab.data import DataError
+    from sftlab.kernel import KernelError
     from sftlab.models import ModelError, resolve_model
 
     try:
@@ -58,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
             runner.run(args.params, stages=stages, overrides=args.overrides, kernel=args.kernel)
             print(f"index: {reports.build_index()}")
+        elif args.command == "notebook":
+            copy = runner.notebook_copy(load_params(args.params, args.overrides), args.stage, force=args.force)
+            print(f"notebook: {copy}", file=sys.stderr)
+            print(f"{shlex.quote(str(Path(sys.prefix) / 'bin' / 'jupyter'))} lab {shlex.quote(str(copy))}")
         elif args.command == "resolve":
             params = load_params(args.params, args.overrides)
             print(yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True), end="")
@@ -67,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             prepare_train(load_params(args.params, args.overrides))
         elif args.command == "index":
             print(reports.build_index())
-    except (ParamsError, DataError, ModelError, UnsupervisedEOSError, runner.StageFailed, FileNotFoundError,
-            ValueError) as e:
+    except (ParamsError, DataError, ModelError, UnsupervisedEOSError, runner.StageFailed, KernelError,
+            FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
     return 0
