@@ -16,7 +16,8 @@ import yaml
 from conftest import tiny_params
 from transformers import AutoTokenizer
 
-from sftlab import data, html_tables, infer, models, runner
+from sftlab import data, infer, models, runner
+from sftlab.infer import views as infer_views
 from sftlab.config import load_params
 
 ROW_FIELDS = {"id", "checkpoint", "prompt", "reference", "output", "n_tokens", "finish_reason", "meta",
@@ -72,6 +73,11 @@ def fake_engines(tokenizer, answer=FakeEngine("").answer):
         return made[path]
 
     return make, made
+
+
+def run_inference(params, **kwargs) -> dict[str, Path]:
+    """Plan and run the infer stage; {checkpoint: generations file}."""
+    return infer.run(infer.plan(params), **kwargs).files
 
 
 def refuse_to_load(path):
@@ -133,7 +139,7 @@ def test_rows_for_the_base_model_and_every_checkpoint(tmp_path, outputs, tiny_mo
     add_checkpoints(params, tiny_model_path)
     make, engines = fake_engines(tokenizer)
     lines = []
-    files = infer.run_inference(params, echo=lines.append, make_engine=make)
+    files = run_inference(params, echo=lines.append, make_engine=make)
 
     assert list(files) == ["base", "checkpoint-1", "checkpoint-2"]
     assert all(e.batches == [4, 2] for e in engines.values())  # batch_size 4, six samples
@@ -150,19 +156,19 @@ def test_rows_for_the_base_model_and_every_checkpoint(tmp_path, outputs, tiny_mo
             assert row["finish_reason"] == "eos" and row["eos_terminated"] is True
             assert row["n_tokens"] == len(tokenizer(row["output"], add_special_tokens=False)["input_ids"])
         settings = json.loads(path.with_name(f"{name}.settings.json").read_text())
-        assert settings["settings"] == {"max_new_tokens": 8, "do_sample": False, "repetition_penalty": 1.0}
+        assert settings["fingerprint"]["settings"] == {"max_new_tokens": 8, "do_sample": False, "repetition_penalty": 1.0}
     assert any("base: 6 samples" in line for line in lines)
 
-    generations = infer.load_generations(params)
+    generations = infer_views.load_generations(params)
     assert list(dict.fromkeys(generations["checkpoint"])) == ["base", "checkpoint-1", "checkpoint-2"]
     assert list(generations["id"][:6]) == list(chosen)  # test-set order within a checkpoint
     assert {"lang", "category"} <= set(generations.columns)
-    summary = infer.summarize(generations)
+    summary = infer_views.summarize(generations)
     assert list(summary.index) == ["base", "checkpoint-1", "checkpoint-2"]
     assert list(summary.columns) == ["termination_rate", "rep_2", "rep_3", "rep_4", "seq_rep_4", "distinct_1",
                                      "distinct_2", "mean_tokens", "length_ratio", "samples"]
     assert (summary["termination_rate"] == 1.0).all() and (summary["samples"] == 6).all()
-    by_lang = infer.summarize(generations, by=["checkpoint", "lang"])
+    by_lang = infer_views.summarize(generations, by=["checkpoint", "lang"])
     assert by_lang.loc[("base", "ko"), "samples"] + by_lang.loc[("base", "en"), "samples"] == 6
 
 
@@ -170,11 +176,11 @@ def test_rerun_generates_only_missing_rows_and_loads_no_model_when_complete(tmp_
                                                                              tokenizer):
     params = make_params(tmp_path, tiny_model_path, num_samples=6)
     make, _ = fake_engines(tokenizer)
-    path = infer.run_inference(params, echo=lambda _: None, make_engine=make)["base"]
+    path = run_inference(params, echo=lambda _: None, make_engine=make)["base"]
     before = path.read_bytes()
 
     lines = []
-    infer.run_inference(params, echo=lines.append, make_engine=refuse_to_load)
+    run_inference(params, echo=lines.append, make_engine=refuse_to_load)
     assert path.read_bytes() == before
     assert lines == ["[sftlab] base: all 6 samples already in base.jsonl"]
 
@@ -182,7 +188,7 @@ def test_rerun_generates_only_missing_rows_and_loads_no_model_when_complete(tmp_
     rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
     path.write_text("".join(rows[:3]) + rows[3][:25], encoding="utf-8")
     make, engines = fake_engines(tokenizer)
-    infer.run_inference(params, echo=lambda _: None, make_engine=make)
+    run_inference(params, echo=lambda _: None, make_engine=make)
     assert sum(e.batches[0] for e in engines.values()) == 3  # only the three lost rows
     ids = [r["id"] for r in read_jsonl(path)]
     assert len(ids) == len(set(ids)) == 6
@@ -190,7 +196,7 @@ def test_rerun_generates_only_missing_rows_and_loads_no_model_when_complete(tmp_
     # Growing num_samples keeps the rows already written.
     params.infer.num_samples = 9
     make, engines = fake_engines(tokenizer)
-    infer.run_inference(params, echo=lambda _: None, make_engine=make)
+    run_inference(params, echo=lambda _: None, make_engine=make)
     assert [e.batches for e in engines.values()] == [[3]]
     assert len(read_jsonl(path)) == 9
 
@@ -198,28 +204,28 @@ def test_rerun_generates_only_missing_rows_and_loads_no_model_when_complete(tmp_
 def test_changed_settings_move_old_rows_aside(tmp_path, outputs, tiny_model_path, tokenizer):
     params = make_params(tmp_path, tiny_model_path, num_samples=4)
     make, _ = fake_engines(tokenizer)
-    path = infer.run_inference(params, echo=lambda _: None, make_engine=make)["base"]
+    path = run_inference(params, echo=lambda _: None, make_engine=make)["base"]
     params.infer.max_new_tokens = 16
     make, engines = fake_engines(tokenizer)
     lines = []
-    infer.run_inference(params, echo=lines.append, make_engine=make)
+    run_inference(params, echo=lines.append, make_engine=make)
     assert [e.batches for e in engines.values()] == [[4]]  # generated again
     aside = list((path.parent).glob("previous-*/base.jsonl"))
     assert len(aside) == 1 and len(read_jsonl(aside[0])) == 4
     assert any("generated with other settings" in line for line in lines)
     # Sampling settings do not matter to greedy rows, nor does the batch size.
     params.infer.temperature, params.infer.batch_size = 0.7, 1
-    infer.run_inference(params, echo=lambda _: None, make_engine=refuse_to_load)
+    run_inference(params, echo=lambda _: None, make_engine=refuse_to_load)
 
 
 def test_a_corrupt_row_in_the_middle_is_an_error_naming_file_and_line(tmp_path, outputs, tiny_model_path, tokenizer):
     params = make_params(tmp_path, tiny_model_path, num_samples=4)
     make, _ = fake_engines(tokenizer)
-    path = infer.run_inference(params, echo=lambda _: None, make_engine=make)["base"]
+    path = run_inference(params, echo=lambda _: None, make_engine=make)["base"]
     rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
     path.write_text(rows[0] + "{not json\n" + "".join(rows[1:]), encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:2: not a valid JSON row"):
-        infer.run_inference(params, echo=lambda _: None, make_engine=make)
+    with pytest.raises(ValueError, match=rf"{path}:2: not a JSON row"):
+        run_inference(params, echo=lambda _: None, make_engine=make)
 
 
 @pytest.mark.slow
@@ -236,7 +242,7 @@ class Slow(infer.HFEngine):
         time.sleep(0.1)
         return super().generate(prompts, settings)
 
-infer.run_inference(config.load_params({str(file)!r}), make_engine=Slow)
+infer.run(infer.plan(config.load_params({str(file)!r})), make_engine=Slow)
 """
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -248,7 +254,7 @@ infer.run_inference(config.load_params({str(file)!r}), make_engine=Slow)
     written = path.read_bytes().count(b"\n")
     assert 6 <= written < 40, "the kill should land in the middle of the run"
 
-    infer.run_inference(load_params(file), echo=lambda _: None)
+    run_inference(load_params(file), echo=lambda _: None)
     rows = read_jsonl(path)  # every line is valid JSON
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == 40
@@ -265,7 +271,7 @@ def test_a_checkpoint_that_does_not_load_is_an_error_naming_it(tmp_path, outputs
     [broken] = add_checkpoints(params, tiny_model_path, steps=(5,))
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(models.ModelError, match=rf"{broken}: cannot load"):
-        infer.run_inference(params, echo=lambda _: None)
+        run_inference(params, echo=lambda _: None)
     assert len(read_jsonl(outputs / "tiny" / "generations" / "base.jsonl")) == 2  # the base model ran first
 
 
@@ -274,7 +280,7 @@ def test_an_empty_test_set_is_an_error_naming_the_file(tmp_path, outputs, tiny_m
     empty.write_text("\n", encoding="utf-8")
     params = load_params(params_file(tmp_path, tiny_model_path), [f"data.test={empty}"])
     with pytest.raises(data.DataError, match=rf"{empty}: no rows"):
-        infer.run_inference(params, echo=lambda _: None, make_engine=refuse_to_load)
+        run_inference(params, echo=lambda _: None, make_engine=refuse_to_load)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +324,7 @@ def test_side_by_side_escapes_model_output_and_keeps_korean():
              "reference": "런던입니다.", "output": output, "finish_reason": reason, "n_tokens": 7}
             for name, output, reason in (("base", "<script>alert('x')</script>", "length"),
                                          ("checkpoint-1", "런던 & <b>파리</b>", "eos"))]
-    page = html_tables.side_by_side(pd.DataFrame(rows))
+    page = infer_views.side_by_side(pd.DataFrame(rows))
     assert "<script>" not in page and "<b>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "런던 &amp; &lt;b&gt;파리&lt;/b&gt;" in page
@@ -334,7 +340,7 @@ def test_notebook_runs_through_the_runner(tmp_path, outputs, tiny_model_path, to
     # The base model's rows come first from a fake engine that answers with markup; the notebook
     # generates the checkpoints' rows itself and must show that markup as text.
     make, _ = fake_engines(tokenizer, answer="<script>alert('sftlab')</script> 답")
-    infer.run_inference(params, echo=lambda _: None, make_engine=make)
+    run_inference(params, echo=lambda _: None, make_engine=make)
     add_checkpoints(params, tiny_model_path)
 
     runner.run(file, stages=["infer"])

@@ -150,7 +150,7 @@ def test_a_broken_rubric_is_reported_with_its_file_and_field(tmp_path):
 def test_structured_requests_carry_the_strict_schema_and_the_key_from_the_environment(outputs, server, key):
     rows = prepare(outputs)
     params = make_params(server)
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
 
     assert (summary.judged, summary.errors, summary.requests) == (rows, 0, rows)
     assert server.authorization == {f"Bearer {key}"}
@@ -193,12 +193,12 @@ def test_a_passing_fault_is_retried_or_repaired_within_the_run(fault, outputs, s
     rows = prepare(outputs)
     server.add_fault(fault, times=2 if fault not in ("malformed_json", "schema_violation") else 1)
     params = fault_params(fault, server)
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
     assert summary.judged == rows and summary.errors == 0, judge.load_judgments(params)[["error"]]
     assert server.faults_served and summary.requests > rows
 
     server.reset_counts()
-    assert judge.run(params, progress=False).requests == 0 and server.request_count == 0
+    assert judge.run(judge.plan(params), progress=False).requests == 0 and server.request_count == 0
 
 
 @pytest.mark.parametrize("fault", PERSISTENT)
@@ -206,7 +206,7 @@ def test_a_lasting_fault_leaves_error_rows_that_a_rerun_repairs_alone(fault, out
     rows = prepare(outputs, faulty=1)
     server.add_fault(fault, match=MARK)
     params = fault_params(fault, server)
-    judge.run(params, progress=False)
+    judge.run(judge.plan(params), progress=False)
 
     frame = judge.load_judgments(params)
     assert len(frame) == rows and set(frame["status"]) <= {"judged", "error"}  # nothing lost, nothing skipped
@@ -225,7 +225,7 @@ def test_a_lasting_fault_leaves_error_rows_that_a_rerun_repairs_alone(fault, out
 
     server.clear_faults()
     server.reset_counts()
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
     assert server.request_count == len(failed) == summary.requests
     assert all(MARK in r["messages"][1]["content"] for r in server.requests)
     repaired = judge.load_judgments(params)
@@ -237,7 +237,7 @@ def test_without_structured_outputs_the_judge_asks_for_json_in_the_prompt(output
     rows = prepare(outputs)
     server.add_fault("reject_response_format")
     params = make_params(server, concurrency=1)
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
     assert summary.judged == rows
     # The first judgment tries json_schema, then json_object, then the prompt; the rest go straight there.
     assert summary.requests == rows + 2
@@ -249,11 +249,11 @@ def test_without_structured_outputs_the_judge_asks_for_json_in_the_prompt(output
 def test_an_explicit_structured_mode_does_not_fall_back(outputs, server, key):
     rows = prepare(outputs)
     server.add_fault("reject_response_format")
-    judge.run(make_params(server, structured="json_schema"), progress=False)
+    judge.run(judge.plan(make_params(server, structured="json_schema")), progress=False)
     frame = judge.load_judgments(make_params(server))
     assert set(frame["status"]) == {"error"} and frame["error"].str.contains("HTTP 400").all()
     server.reset_counts()
-    judge.run(make_params(server, structured="prompt"), progress=False)
+    judge.run(judge.plan(make_params(server, structured="prompt")), progress=False)
     assert server.request_count == rows and not any("response_format" in r for r in server.requests)
 
 
@@ -262,14 +262,14 @@ def test_retry_after_is_honoured(outputs, server, key):
     server.retry_after = "0.4"
     server.add_fault("rate_limit", times=1)
     started = time.monotonic()
-    summary = judge.run(make_params(server, backoff_base_s=0.001, backoff_max_s=5.0), progress=False)
+    summary = judge.run(judge.plan(make_params(server, backoff_base_s=0.001, backoff_max_s=5.0)), progress=False)
     assert summary.judged == 1 and time.monotonic() - started >= 0.4
     server.reset_counts()
     server.retry_after = "30"  # a wait beyond backoff_max_s is cut to it
     server.add_fault("rate_limit", times=1)
     write_generations(outputs, "base", [generation_row(demo_rows(1)[0], "base", "London!")])
     started = time.monotonic()
-    assert judge.run(make_params(server, backoff_max_s=0.2), progress=False).judged == 1
+    assert judge.run(judge.plan(make_params(server, backoff_max_s=0.2)), progress=False).judged == 1
     assert time.monotonic() - started < 5
 
 
@@ -277,7 +277,7 @@ def test_concurrency_is_bounded(outputs, key):
     with FakeJudgeServer(latency_s=0.05) as server:
         samples = demo_rows(12)
         write_generations(outputs, "base", [generation_row(s, "base", s["answer"]) for s in samples])
-        judge.run(make_params(server, concurrency=3), progress=False)
+        judge.run(judge.plan(make_params(server, concurrency=3)), progress=False)
         assert server.request_count == 12 and server.max_in_flight == 3
 
 
@@ -286,11 +286,11 @@ def test_the_budget_stops_new_requests_and_a_rerun_finishes_the_rest(outputs, se
     prices = {"fake-judge": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}}
     probe = make_params(server, experiment="probe", model="fake-judge", prices=prices, concurrency=1)
     write_generations(outputs, "base", [generation_row(demo_rows(1)[0], "base", "London.")], experiment="probe")
-    one = judge.run(probe, progress=False).cost_usd
+    one = judge.run(judge.plan(probe), progress=False).cost_usd
     server.reset_counts()
 
     params = make_params(server, model="fake-judge", prices=prices, concurrency=1, max_cost_usd=2.5 * one)
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
     frame = judge.load_judgments(params)
     assert summary.stopped and "budget reached" in summary.stopped
     assert 2 <= summary.judged <= 4 and summary.judged + summary.not_judged == rows
@@ -300,7 +300,7 @@ def test_the_budget_stops_new_requests_and_a_rerun_finishes_the_rest(outputs, se
     assert waiting["error"].str.contains("budget reached").all()
 
     server.reset_counts()
-    judge.run(make_params(server, model="fake-judge", prices=prices), progress=False)
+    judge.run(judge.plan(make_params(server, model="fake-judge", prices=prices)), progress=False)
     assert server.request_count == len(waiting)
     assert set(judge.load_judgments(params)["status"]) == {"judged"}
 
@@ -308,7 +308,7 @@ def test_the_budget_stops_new_requests_and_a_rerun_finishes_the_rest(outputs, se
 def test_a_budget_without_a_price_is_refused_before_sending(outputs, server, key):
     prepare(outputs, n=1)
     with pytest.raises(judge.JudgeConfigError, match="judge.prices.my-model"):
-        judge.run(make_params(server, model="my-model", max_cost_usd=1.0), progress=False)
+        judge.run(judge.plan(make_params(server, model="my-model", max_cost_usd=1.0)), progress=False)
     assert server.request_count == 0
 
 
@@ -317,7 +317,7 @@ def test_identical_answers_are_judged_once(outputs, server, key):
     for checkpoint in ("base", "checkpoint-5"):
         write_generations(outputs, checkpoint, [generation_row(s, checkpoint, s["answer"]) for s in samples])
     params = make_params(server)
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
     assert server.request_count == 3 and summary.judged == 6
     frame = judge.load_judgments(params)
     later = frame[frame["checkpoint"] == "checkpoint-5"]
@@ -327,19 +327,19 @@ def test_identical_answers_are_judged_once(outputs, server, key):
 
 def test_a_new_judge_model_or_rubric_judges_again_and_the_old_judgments_stay_cached(outputs, server, key, tmp_path):
     rows = prepare(outputs, n=2)
-    judge.run(make_params(server), progress=False)
+    judge.run(judge.plan(make_params(server)), progress=False)
     server.reset_counts()
-    judge.run(make_params(server, model="gpt-4.1-mini"), progress=False)
+    judge.run(judge.plan(make_params(server, model="gpt-4.1-mini")), progress=False)
     assert server.request_count == rows
     edited = yaml.safe_load((ROOT / "params" / "rubrics" / "qa_en.yaml").read_text(encoding="utf-8"))
     edited["criteria"][0]["description"] += " Dates must be exact."
     (tmp_path / "qa_en.yaml").write_text(yaml.safe_dump(edited, allow_unicode=True), encoding="utf-8")
     server.reset_counts()
-    judge.run(make_params(server, model="gpt-4.1-mini", rubric_by_lang={"en": str(tmp_path / "qa_en.yaml")},
-                          rubric="params/rubrics/qa_ko.yaml"), progress=False)
+    judge.run(judge.plan(make_params(server, model="gpt-4.1-mini", rubric_by_lang={"en": str(tmp_path / "qa_en.yaml")},
+                          rubric="params/rubrics/qa_ko.yaml")), progress=False)
     assert server.request_count == rows // 2  # only the English rows have a new rubric
     server.reset_counts()
-    summary = judge.run(make_params(server), progress=False)  # back to the first settings: all cached
+    summary = judge.run(judge.plan(make_params(server)), progress=False)  # back to the first settings: all cached
     assert server.request_count == 0 and summary.from_cache == rows
 
 
@@ -348,7 +348,7 @@ def test_a_rejected_key_stops_the_run_and_never_leaks(outputs, server, key):
     server.add_fault("unauthorized")
     params = make_params(server, concurrency=1)
     with pytest.raises(judge.JudgeStopped, match=f"rejected the API key from \\${KEY_ENV}") as stopped:
-        judge.run(params, progress=False)
+        judge.run(judge.plan(params), progress=False)
     assert KEY not in str(stopped.value)
     frame = judge.load_judgments(params)
     assert len(frame) == rows and server.request_count == 1  # no request after the first refusal
@@ -360,7 +360,7 @@ def test_the_openai_backend_without_a_key_or_endpoint_says_what_to_set(outputs, 
     monkeypatch.delenv(KEY_ENV, raising=False)
     prepare(outputs, n=1)
     with pytest.raises(judge.JudgeConfigError, match=f"set the environment variable {KEY_ENV}"):
-        judge.run(make_params(None), progress=False)
+        judge.run(judge.plan(make_params(None)), progress=False)
 
 
 def test_auto_picks_openai_only_when_an_endpoint_is_configured(monkeypatch):
@@ -380,7 +380,7 @@ def test_the_reference_judge_runs_offline_and_a_rerun_writes_nothing(outputs, mo
     monkeypatch.delenv(KEY_ENV, raising=False)
     rows = prepare(outputs)
     params = make_params(None, backend="auto")
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
     assert (summary.backend, summary.judged, summary.requests) == ("reference", rows, 0)
     frame = judge.load_judgments(params)
     assert set(frame["judge"].map(lambda j: j["backend"])) == {"reference"}
@@ -388,7 +388,7 @@ def test_the_reference_judge_runs_offline_and_a_rerun_writes_nothing(outputs, mo
     assert (frame[frame["checkpoint"] == "base"]["score_accuracy"] == 5).all()  # the reference answers themselves
     assert frame["metrics"].iloc[0]["tokenizer"] == "kiwi"
     lines = judge_lines(outputs)
-    assert judge.run(params, progress=False).up_to_date == rows and judge_lines(outputs) == lines
+    assert judge.run(judge.plan(params), progress=False).up_to_date == rows and judge_lines(outputs) == lines
     saved = json.loads((outputs / EXPERIMENT / "judge" / "summary.json").read_text(encoding="utf-8"))
     assert saved["backend"] == "reference" and saved["model"].startswith("reference-v1")
 
@@ -397,14 +397,16 @@ def test_a_row_cut_short_by_a_kill_is_judged_again(outputs, monkeypatch, caplog)
     monkeypatch.delenv(KEY_ENV, raising=False)
     rows = prepare(outputs, n=2)
     params = make_params(None, backend="reference")
-    judge.run(params, progress=False)
+    judge.run(judge.plan(params), progress=False)
     path = outputs / EXPERIMENT / "judge" / "checkpoint-10.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2], encoding="utf-8")  # killed mid-write
-    with caplog.at_level(logging.WARNING, logger="sftlab.judge"):
-        summary = judge.run(params, progress=False)
+    with caplog.at_level(logging.WARNING, logger="sftlab.jsonl"):
+        summary = judge.run(judge.plan(params), progress=False)
     assert summary.judged + summary.from_cache == 1
-    assert f"{path}:2: not a judgment row" in caplog.text
+    assert f"{path}: cut off its torn last line" in caplog.text
+    assert [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()] == [
+        json.loads(lines[0])["id"], json.loads(lines[1][:len(lines[1])])["id"]]  # whole rows only, none lost
     frame = judge.load_judgments(params)
     assert len(frame) == rows and set(frame["status"]) == {"judged"}
 
@@ -429,7 +431,7 @@ def test_the_sync_entry_point_works_inside_a_running_event_loop(outputs, server,
     rows = prepare(outputs, n=2)
 
     async def notebook_cell():  # what ipykernel does: a loop is already running when the cell calls run()
-        return judge.run(make_params(server), progress=False)
+        return judge.run(judge.plan(make_params(server)), progress=False)
 
     assert asyncio.run(notebook_cell()).judged == rows
 

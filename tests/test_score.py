@@ -10,6 +10,7 @@ import pytest
 
 from sftlab import runner, score
 from sftlab.config import validate
+from sftlab.infer import GenerationsError
 
 CRITERIA = ("정확성", "간결성")
 
@@ -56,7 +57,7 @@ def params_for(name: str, **score_settings):
 
 def test_summary_counts_rates_and_intervals(outputs):
     make_experiment(outputs, "exp")
-    tables = score.run_scores(params_for("exp"))
+    tables = score.run(score.plan(params_for("exp"))).tables
     summary = tables["summary"].set_index("checkpoint")
     assert list(summary.index) == ["base", "checkpoint-10"]  # base first, then by step
     assert summary.loc["base", "eos_rate"] == 0.5 and summary.loc["checkpoint-10", "eos_rate"] == 1.0
@@ -67,7 +68,7 @@ def test_summary_counts_rates_and_intervals(outputs):
     assert summary.loc["base", "cost_usd"] == pytest.approx(0.02)
     assert summary.loc["base", "judge"] == "reference:reference"
     # Seeded: the same inputs give the same intervals.
-    again = score.run_scores(params_for("exp"))["summary"]
+    again = score.run(score.plan(params_for("exp"))).tables["summary"]
     pd.testing.assert_frame_equal(tables["summary"], again)
     written = outputs / "exp" / "scores"
     assert (written / "summary.csv").exists() and (written / "differences.csv").exists()
@@ -77,7 +78,7 @@ def test_summary_counts_rates_and_intervals(outputs):
 
 def test_unscored_rows_are_excluded_and_counted_not_zero(outputs):
     make_experiment(outputs, "exp", judge_errors=5)
-    summary = score.run_scores(params_for("exp"))["summary"].set_index("checkpoint")
+    summary = score.run(score.plan(params_for("exp"))).tables["summary"].set_index("checkpoint")
     row = summary.loc["checkpoint-10"]
     assert (row["n"], row["n_judged"], row["judge_errors"]) == (20, 15, 5)
     assert row["judge_error_rate"] == 0.25
@@ -99,7 +100,7 @@ def test_the_latest_judgment_of_a_sample_wins(outputs):
 def test_missing_judgments_count_as_not_judged(outputs):
     make_experiment(outputs, "exp")
     (outputs / "exp" / "judge" / "checkpoint-10.jsonl").unlink()
-    summary = score.run_scores(params_for("exp"))["summary"].set_index("checkpoint")
+    summary = score.run(score.plan(params_for("exp"))).tables["summary"].set_index("checkpoint")
     assert summary.loc["checkpoint-10", "not_judged"] == 20
     assert np.isnan(summary.loc["checkpoint-10", "overall"])
 
@@ -109,7 +110,7 @@ def test_paired_differences_use_shared_ids_only(outputs):
     path = outputs / "exp" / "generations" / "checkpoint-10.jsonl"
     kept = path.read_text(encoding="utf-8").splitlines()[:15]  # 5 samples missing from this checkpoint
     path.write_text("\n".join(kept) + "\n", encoding="utf-8")
-    differences = score.run_scores(params_for("exp"))["differences"].set_index("metric")
+    differences = score.run(score.plan(params_for("exp"))).tables["differences"].set_index("metric")
     overall = differences.loc["overall"]
     assert overall["n_pairs"] == 15 and overall["baseline"] == "exp/base"
     assert overall["difference"] == pytest.approx(0.1)
@@ -121,34 +122,38 @@ def test_paired_differences_use_shared_ids_only(outputs):
 def test_bad_inputs_are_named(outputs):
     make_experiment(outputs, "exp")
     with pytest.raises(score.ScoreError, match=r"baseline exp/checkpoint-99 has no generations.*exp/base"):
-        score.run_scores(params_for("exp", baseline="checkpoint-99"))
+        score.run(score.plan(params_for("exp", baseline="checkpoint-99"))).tables
     with pytest.raises(score.ScoreError, match="experiment 'ghost': no generations"):
-        score.run_scores(params_for("exp", experiments=["ghost"]))
+        score.run(score.plan(params_for("exp", experiments=["ghost"]))).tables
     path = outputs / "exp" / "generations" / "base.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines()
     write_rows(path, [json.loads(line) for line in lines], torn_tail=True)  # a kill mid-write: tolerated
     assert len(score.per_sample(["exp"])) == 40
     path.write_text(lines[0] + "\n{not json\n" + lines[1] + "\n", encoding="utf-8")
-    with pytest.raises(score.ScoreError, match=r"base\.jsonl:2: not valid JSON"):
+    with pytest.raises(GenerationsError, match=r"base\.jsonl:2: not a JSON row"):
         score.per_sample(["exp"])
 
 
-def test_study_table_has_the_origin_observations(outputs):
+def test_study_table_is_written_beside_the_observations_of_the_study_file(outputs):
     for name in ("baseline", "collator"):
         make_experiment(outputs, name)
-    tables = score.run_scores(params_for("collator-study", experiments=["baseline", "collator"],
-                                         baseline="baseline/base"))
+    observations = {"collator": "repeats itself, does not stop"}
+    tables = score.run(score.plan(params_for("collator-study", experiments=["baseline", "collator"],
+                                             baseline="baseline/base", observations=observations))).tables
     study = tables["study"].set_index("experiment")
-    assert study.loc["collator", "origin observed"] == "repeats itself, does not stop"
+    assert study.loc["collator", "observed"] == "repeats itself, does not stop"
+    assert study.loc["baseline", "observed"] == ""  # nothing observed: nothing invented
+    written = pd.read_csv(outputs / "collator-study" / "scores" / "study_table.csv", keep_default_na=False)
+    assert written.set_index("experiment").loc["collator", "observed"] == "repeats itself, does not stop"
     assert study.loc["baseline", "terminates (EOS)"].startswith("100.0%")
     assert study.loc["baseline", "checkpoint"] == "checkpoint-10"
 
 
 def test_korean_labels_have_no_missing_glyphs(outputs, tmp_path):
-    from sftlab import figures
+    from sftlab.score import views as figures
 
     make_experiment(outputs, "exp")
-    tables = score.run_scores(params_for("exp"))
+    tables = score.run(score.plan(params_for("exp"))).tables
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fig = figures.criteria_by_checkpoint(tables["summary"], list(CRITERIA), tmp_path / "criteria.png")

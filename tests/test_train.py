@@ -13,14 +13,16 @@ import yaml
 from conftest import tiny_params
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sftlab import audit, checkpoints, data, launch, train
-from sftlab.config import load_params
+from sftlab import checkpoints, data, train
+from sftlab.train import audit, launch, trainer
+from sftlab.train import views as train_views
+from sftlab.config import ParamsError, load_params
 
 
 def plan_for(tmp_path, model_path, **train_settings):
     params = load_params(tiny_params(tmp_path, model_path, **train_settings))
     examples, _ = data.load_splits(params.data, params.seed)
-    return params, launch.prepare(params, examples, str(model_path))
+    return params, train.prepare(params, examples, str(model_path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -34,16 +36,16 @@ def test_flat_config_is_parsed_by_trlparser_into_sft_config(tmp_path, outputs, t
     flat = yaml.safe_load(plan.config_path.read_text())
     assert flat["completion_only_loss"] is True and flat["report_to"] == "none"
     assert "fsdp" not in flat  # one process: no FSDP
-    script_args, training_args = train.parse_args(["--config", str(plan.config_path)])
+    script_args, training_args = trainer.parse_args(["--config", str(plan.config_path)])
     assert script_args.model_name_or_path == str(tiny_model_path)
-    assert script_args.pad_token_choice == "eos" and script_args.collator == "trl"
+    assert script_args.pad_token == "eos" and script_args.collator == "trl"
     assert training_args.max_steps == 4 and training_args.learning_rate == 1e-3
     assert training_args.weight_decay == 0.05  # any SFTConfig key passes through
     assert training_args.bf16 is False  # CPU: fp32
     assert training_args.gradient_checkpointing_kwargs == {"use_reentrant": True}
     assert training_args.output_dir == str(outputs / "tiny" / "train")
     # use_cache goes off with gradient checkpointing.
-    _, model = train.load_tokenizer_and_model(script_args, training_args)
+    _, model = trainer.load_tokenizer_and_model(script_args, training_args)
     assert model.config.use_cache is False
     assert plan.command[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"]
     assert plan.command[-3:] == ["sftlab.train", "--config", str(plan.config_path)]
@@ -69,7 +71,7 @@ def test_multi_node_needs_an_endpoint_and_passes_it(tmp_path, outputs, tiny_mode
 def test_legacy_collator_masks_every_pad_id_including_eos():
     eos = 2
     examples = [{"input_ids": [5, 6, 7, eos], "labels": [-100, 6, 7, eos]}, {"input_ids": [5, 8, eos]}]
-    legacy = train.legacy_pad_masked_collator(pad_token_id=eos)(examples)
+    legacy = trainer.legacy_pad_masked_collator(pad_token_id=eos)(examples)
     assert legacy["labels"].tolist() == [[-100, 6, 7, -100], [5, 8, -100, -100]]
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -81,14 +83,14 @@ def test_pad_token_choices(tiny_model_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     vocab = model.get_input_embeddings().weight.shape[0]
-    train.set_pad_token(tokenizer, model, "add")
-    assert tokenizer.pad_token == train.ADDED_PAD_TOKEN and tokenizer.pad_token_id != tokenizer.eos_token_id
+    trainer.set_pad_token(tokenizer, model, "add")
+    assert tokenizer.pad_token == trainer.ADDED_PAD_TOKEN and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer) > vocab
     assert model.config.pad_token_id == tokenizer.pad_token_id
-    train.set_pad_token(tokenizer, model, "<|endoftext|>")
+    trainer.set_pad_token(tokenizer, model, "<|endoftext|>")
     assert tokenizer.pad_token_id == 0
     with pytest.raises(ValueError, match="not a token of the vocabulary"):
-        train.set_pad_token(tokenizer, model, "<no-such-token>")
+        trainer.set_pad_token(tokenizer, model, "<no-such-token>")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def test_audit_allows_the_bug_on_purpose(tmp_path, outputs, tiny_model_path):
 def test_a_dedicated_pad_token_fixes_the_legacy_collator(tmp_path, outputs, tiny_model_path):
     _, plan = plan_for(tmp_path, tiny_model_path, collator="legacy_pad_masked", pad_token="add")
     result = audit.run_label_audit(plan.config_path, rows=4)
-    assert result.ok and result.pad_token == train.ADDED_PAD_TOKEN
+    assert result.ok and result.pad_token == trainer.ADDED_PAD_TOKEN
 
 
 def test_audit_catches_answers_cut_by_max_length(tmp_path, outputs, tiny_model_path):
@@ -137,10 +139,40 @@ def test_audit_catches_answers_cut_by_max_length(tmp_path, outputs, tiny_model_p
         audit.run_label_audit(plan.config_path, rows=4)
 
 
-def test_bfd_packing_with_the_legacy_collator_is_refused(tmp_path, outputs, tiny_model_path):
-    _, plan = plan_for(tmp_path, tiny_model_path, collator="legacy_pad_masked", packing="bfd")
+def test_bfd_packing_with_the_legacy_collator_is_refused_at_params_time(tmp_path, outputs, tiny_model_path):
+    file = tiny_params(tmp_path, tiny_model_path, collator="legacy_pad_masked")
+    with pytest.raises(ParamsError, match=rf"{file} and --set: train.collator: legacy_pad_masked .* padding-free"):
+        load_params(file, ["train.packing=bfd"])
+    with pytest.raises(ParamsError, match=rf"--set: train.collator: legacy_pad_masked .* padding-free"):
+        load_params(file, ["train.padding_free=true", "train.collator=legacy_pad_masked"])
+    # A flat config written by hand (no schema in the way) meets the same rule in the training script.
+    _, plan = plan_for(tmp_path, tiny_model_path, collator="legacy_pad_masked", packing="wrapped")
+    config = yaml.safe_load(plan.config_path.read_text(encoding="utf-8"))
+    config["packing_strategy"] = "bfd"
+    plan.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.raises(ValueError, match="padding-free"):
         audit.run_label_audit(plan.config_path, rows=4)
+
+
+def test_a_pad_token_outside_the_vocabulary_is_refused_at_params_time(tmp_path, outputs, tiny_model_path):
+    file = tiny_params(tmp_path, tiny_model_path)
+    with pytest.raises(ParamsError, match=r"--set: train.pad_token: 'adds' is not a token of the vocabulary of"):
+        load_params(file, ["train.pad_token=adds"])
+    assert load_params(file, ["train.pad_token=<|endoftext|>"]).train.pad_token == "<|endoftext|>"
+
+
+def test_train_knobs_keep_their_params_names_into_the_training_script(tmp_path, outputs, tiny_model_path):
+    from sftlab.config import OWN_TRAIN_KEYS, TrainKnobs
+
+    _, plan = plan_for(tmp_path, tiny_model_path, pad_token="add", collator="legacy_pad_masked")
+    script_args, training_args = trainer.parse_args(["--config", str(plan.config_path)])
+    for knob in launch.SCRIPT_KNOBS:
+        assert getattr(script_args, knob) == getattr(plan.params.train, knob)
+    assert training_args.pad_token is None  # SFTConfig's deprecated field is not a second pad-token knob
+    assert OWN_TRAIN_KEYS == set(TrainKnobs.model_fields)
+    flat = set(yaml.safe_load(plan.config_path.read_text()))
+    # No launch or audit knob leaks into the trainer's arguments; `packing` there is SFTConfig's own bool.
+    assert (OWN_TRAIN_KEYS - set(launch.SCRIPT_KNOBS)) & flat == {"packing"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +194,7 @@ def generate_once(checkpoint: Path) -> list[int]:
 def test_one_process_run_streams_its_log_and_writes_loadable_checkpoints(tmp_path, outputs, tiny_model_path):
     _, plan = plan_for(tmp_path, tiny_model_path, max_steps=3, save_steps=2)
     lines = []
-    launch.run_training(plan, echo=lines.append)
+    train.run(plan, echo=lines.append)
     assert any(line.startswith("[sftlab] step 1/3") for line in lines)
     log = plan.log_path.read_text(encoding="utf-8")
     assert "[sftlab] step 3/3" in log and "torch.distributed.run" in log
@@ -174,7 +206,7 @@ def test_one_process_run_streams_its_log_and_writes_loadable_checkpoints(tmp_pat
     generation = json.loads((last / "generation_config.json").read_text())
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in generation["eos_token_id"]
     assert generate_once(last)
-    curves = launch.training_curves(plan.train_dir)
+    curves = train_views.training_curves(plan.train_dir)
     assert list(curves["step"]) == [1, 2, 3] and curves["grad_norm"].notna().all()
     summary = json.loads((plan.train_dir / "train_summary.json").read_text())
     assert summary["global_step"] == 3 and summary["tokens_per_s"] > 0 and summary["peak_rss_mib"] > 0
@@ -183,17 +215,17 @@ def test_one_process_run_streams_its_log_and_writes_loadable_checkpoints(tmp_pat
 @pytest.mark.slow
 def test_a_second_launch_with_the_same_config_trains_nothing(tmp_path, outputs, tiny_model_path):
     params, plan = plan_for(tmp_path, tiny_model_path, max_steps=2)
-    launch.run_training(plan, echo=lambda line: None)
+    train.run(plan, echo=lambda line: None)
     examples, _ = data.load_splits(params.data, params.seed)
-    again = launch.prepare(params, examples, str(tiny_model_path))
+    again = train.prepare(params, examples, str(tiny_model_path))
     assert again.skip
     lines = []
-    launch.run_training(again, echo=lines.append)
+    train.run(again, echo=lines.append)
     assert lines and "nothing to do" in lines[0]
     # A changed config over existing checkpoints is refused, not mixed in.
     changed = load_params(tiny_params(tmp_path, tiny_model_path, max_steps=2, learning_rate=0.5))
     with pytest.raises(ValueError, match="changed: learning_rate"):
-        launch.prepare(changed, examples, str(tiny_model_path))
+        train.prepare(changed, examples, str(tiny_model_path))
 
 
 @pytest.mark.slow
@@ -202,8 +234,8 @@ def test_failing_training_raises_with_the_log_tail(tmp_path, outputs, tiny_model
     config = yaml.safe_load(plan.config_path.read_text())
     config["model_name_or_path"] = str(tmp_path / "no-such-model")
     plan.config_path.write_text(yaml.safe_dump(config))
-    with pytest.raises(launch.TrainingFailed) as e:
-        launch.run_training(plan, echo=lambda line: None)
+    with pytest.raises(train.TrainingFailed) as e:
+        train.run(plan, echo=lambda line: None)
     message = str(e.value)
     assert "exited with code" in message and str(plan.log_path) in message
     assert "no-such-model" in message  # the child's own error is in the tail
@@ -212,7 +244,7 @@ def test_failing_training_raises_with_the_log_tail(tmp_path, outputs, tiny_model
 @pytest.mark.slow
 def test_two_process_fsdp_on_cpu_saves_full_checkpoints(tmp_path, outputs, tiny_model_path):
     _, plan = plan_for(tmp_path, tiny_model_path, nproc_per_node=2, max_steps=2, save_steps=2)
-    launch.run_training(plan, echo=lambda line: None)
+    train.run(plan, echo=lambda line: None)
     log = plan.log_path.read_text(encoding="utf-8")
     assert "[sftlab] step 2/2" in log
     summary = json.loads((plan.train_dir / "train_summary.json").read_text())
@@ -243,7 +275,7 @@ def test_resume_after_sigkill_finishes_with_a_continuous_history(tmp_path, outpu
     assert killed_at < 12
 
     lines = []
-    launch.run_training(plan, echo=lines.append)
+    train.run(plan, echo=lines.append)
     assert any("resuming from" in line and "checkpoint-" in line for line in lines)
     state = json.loads((plan.train_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 12
@@ -271,5 +303,5 @@ def test_bfd_packing_audits_and_trains(tmp_path, outputs, tiny_model_path):
     result = audit.run_label_audit(plan.config_path, rows=6)
     assert len(result.rows) < 6  # several rows share one packed sequence
     assert result.ok and result.answer_ends == 6
-    launch.run_training(plan, echo=lambda line: None)
+    train.run(plan, echo=lambda line: None)
     assert checkpoints.list_checkpoints(plan.train_dir)[-1].name == "checkpoint-2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 _STEP = re.compile(r"^checkpoint-(\d+)$")
@@ -68,3 +69,11 @@ def trainer_state(train_dir: Path) -> dict:
     if not states:
         return {"log_history": [], "global_step": 0}
     return max(states, key=lambda s: s.get("global_step", 0))
+
+
+def remove_partial(train_dir: Path) -> list[Path]:
+    """Folders a kill left in the middle of a save; they are never resumed from, so clear them."""
+    partial = [p for p in list_checkpoints(train_dir, complete_only=False) if not is_complete(p)]
+    for path in partial:
+        shutil.rmtree(path)
+    return partial

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from sftlab import reports, runner
-    from sftlab.audit import UnsupervisedEOSError
+    from sftlab.train import UnsupervisedEOSError
     from sftlab.config import ParamsError, load_params
     from sftlab.data import DataError
     from sftlab.kernel import KernelError
@@ -92,20 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def prepare_train(params) -> None:
-    """What the train notebook does before its launch cell, for launching torchrun by hand."""
-    from sftlab import audit, data, launch
+    """What the train stage does before its launch, for launching torchrun by hand."""
+    from sftlab import train
     from sftlab.config import write_resolved
-    from sftlab.models import resolve_model
 
     write_resolved(params)
-    train_examples, _ = data.load_splits(params.data, params.seed)
-    plan = launch.prepare(params, train_examples, resolve_model(params.model.name_or_path))
-    result = audit.run_label_audit(plan.config_path, rows=params.train.audit_rows,
-                                   html_path=plan.train_dir / "label_audit.html",
-                                   allow_unsupervised_eos=params.train.allow_unsupervised_eos)
-    print(f"label audit: {result.summary()}", file=sys.stderr)
-    print(f"train config: {plan.config_path}", file=sys.stderr)
-    print(" ".join(plan.command))
+    planned = train.prepare_and_audit(params, echo=lambda line: print(line, file=sys.stderr))
+    print(f"train config: {planned.config_path}", file=sys.stderr)
+    print(" ".join(planned.command))
 
 
 if __name__ == "__main__":

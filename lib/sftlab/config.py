@@ -46,10 +46,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: sftlab.models.inference_dtype / training_dtype
+
+
 class ModelParams(_Section):
     name_or_path: str = "builtin:smollm2-135m-instruct"  # builtin:NAME, a hub id, or a local folder
     revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    dtype: DType = "auto"  # auto: bf16 on GPU, fp32 on CPU for inference; fp32 weights for training
     trust_remote_code: bool = False
 
 
@@ -73,20 +76,38 @@ class DataParams(_Section):
     system_prompt: str | None = None  # added to rows that have no system message of their own
 
 
-class TrainParams(BaseModel):
-    """The train section is handed flat to `sftlab.train` and parsed there by TrlParser.
+# The allowed values of the train knobs, declared once: the schema below and sftlab.train's
+# ScriptArguments both use these.
+Loss = Literal["completion", "all"]
+Packing = Literal[False, "bfd", "wrapped"]
+Collator = Literal["trl", "legacy_pad_masked"]
+PAD_TOKEN_CHOICES = ("eos", "add")  # ...or any token of the model's vocabulary
+Resume = Literal["auto", "never"] | str  # auto: the newest complete checkpoint; never; or a checkpoint path
 
-    Our own knobs are declared here; any other key must be a field of `trl.SFTConfig`
-    (checked by name here, by type in TrlParser). Keys left at None are not passed on.
-    """
+
+def collator_conflict(collator: str, padding_free: bool) -> str | None:
+    """Why `collator` cannot train padding-free batches (None if it can). Asked by the schema and, for
+    hand-written configs, by sftlab.train."""
+    if collator == "legacy_pad_masked" and padding_free:
+        return ("collator: legacy_pad_masked pads each batch and masks the pad id, but packing: bfd and "
+                "padding_free: true train padding-free (no pad tokens at all). Use packing: false or wrapped "
+                "with this collator, or collator: trl.")
+    return None
+
+
+class TrainKnobs(BaseModel):
+    """sftlab's own train knobs: not fields of trl.SFTConfig. `collator`, `pad_token`, `use_reentrant` and
+    `resume` reach `sftlab.train.ScriptArguments` under the same names; `loss` and `packing` become
+    SFTConfig's `completion_only_loss`, `packing` and `packing_strategy`; the rest steer the launch and
+    the label audit."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     # What the origin's collator study varies.
-    loss: Literal["completion", "all"] = "completion"
-    packing: Literal[False, "bfd", "wrapped"] = False
-    collator: Literal["trl", "legacy_pad_masked"] = "trl"
-    pad_token: str = "eos"  # eos | add | a token string
+    loss: Loss = "completion"
+    packing: Packing = False
+    collator: Collator = "trl"
+    pad_token: str = "eos"  # eos | add | a token of the model's vocabulary
     allow_unsupervised_eos: bool = False  # True only to reproduce the never-stops failure on purpose
     audit_rows: int = Field(8, ge=1)  # rows tokenized by the label audit before launch
     use_reentrant: bool = False  # gradient_checkpointing_kwargs={"use_reentrant": ...}
@@ -96,7 +117,15 @@ class TrainParams(BaseModel):
     nnodes: int = 1
     node_rank: int = 0
     rdzv_endpoint: str | None = None  # host:port of node 0 for multi-node runs
-    resume: Literal["auto", "never"] | str = "auto"  # auto: newest complete checkpoint; or a path
+    resume: Resume = "auto"
+
+
+class TrainParams(TrainKnobs):
+    """The train section is handed flat to `sftlab.train` and parsed there by TrlParser.
+
+    Our own knobs are `TrainKnobs`; any other key must be a field of `trl.SFTConfig` (checked by name
+    here, by type in TrlParser). Keys left at None are not passed on.
+    """
 
     # The SFTConfig fields every experiment touches (None = the trainer's default).
     max_steps: int | None = None
@@ -119,6 +148,17 @@ class TrainParams(BaseModel):
                 if key not in valid:
                     raise ValueError(_unknown_key_message(key, set(type(self).model_fields) | valid))
         return self
+
+    @model_validator(mode="after")
+    def _collator_fits_packing(self) -> "TrainParams":
+        padding_free = self.packing == "bfd" or bool((self.model_extra or {}).get("padding_free"))
+        conflict = collator_conflict(self.collator, padding_free)
+        if conflict:
+            raise ValueError(conflict)
+        return self
+
+
+OWN_TRAIN_KEYS = frozenset(TrainKnobs.model_fields)  # not SFTConfig fields: never passed to it as such
 
 
 class InferParams(_Section):
@@ -159,6 +199,9 @@ class ScoreParams(_Section):
     baseline: str | None = None  # "<experiment>/<checkpoint>" or "<checkpoint>"; default: the base model
     bootstrap: int = Field(2000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
+    # What was observed of each experiment outside sftlab (e.g. by eye, in an earlier study): shown beside
+    # the measured numbers in the study table. experiment -> text.
+    observations: dict[str, str] = {}
 
 
 class Params(_Section):
@@ -289,9 +332,29 @@ def load_params(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 def validate(data: dict, sources: dict[tuple, str] | None = None, default_source: str = "params") -> Params:
     sources = sources or {}
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as e:
         raise ParamsError(_explain(e, data, sources, default_source)) from None
+    problem = _pad_token_problem(params)
+    if problem:
+        where = _source_of(("train", "pad_token"), sources, default_source)
+        raise ParamsError(f"invalid params:\n  {where}: train.pad_token: {problem}")
+    return params
+
+
+def _pad_token_problem(params: Params) -> str | None:
+    """A pad-token choice that is neither eos, add nor a token of the model's vocabulary — checked here
+    when the model is already on disk (otherwise the label audit checks it before training)."""
+    choice = params.train.pad_token
+    if choice in PAD_TOKEN_CHOICES:
+        return None
+    from sftlab import models
+
+    folder = models.local_model_folder(params.model.name_or_path)
+    if folder is None or choice in models.vocabulary(folder):
+        return None
+    return (f"{choice!r} is not a token of the vocabulary of {folder}; use eos (pad = EOS), add (a dedicated "
+            "pad token, embeddings resized) or a token of the vocabulary")
 
 
 def from_notebook(params_file: str | None = None, **injected: Any) -> Params:
@@ -419,6 +482,10 @@ def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], defa
                 where = _source_of(("train", unknown.group(1)), sources, default)
                 message = message.replace("key '", "key 'train.").replace("mean '", "mean 'train.")
                 lines.append(f"{where}: {message}")
+            elif loc == ("train",) and message.startswith("collator:"):  # name every file that set a side of it
+                keys = [("train", key) for key in ("collator", "packing", "padding_free") if ("train", key) in sources]
+                where = " and ".join(dict.fromkeys(sources[key] for key in keys)) or default
+                lines.append(f"{where}: train.{message}")
             else:
                 lines.append(f"{where}: {dotted}: {message}")
         else:

@@ -93,14 +93,19 @@ def length_ratio(output_tokens: int, reference_tokens: int) -> float:
     return output_tokens / max(reference_tokens, 1)
 
 
+# The metrics of every generated row, by name: the one list of them (rows, summaries and scores read it).
+_DEGENERATION = {
+    "rep_2": lambda output, reference: rep_n(output, 2),
+    "rep_3": lambda output, reference: rep_n(output, 3),
+    "rep_4": lambda output, reference: rep_n(output, 4),
+    "seq_rep_4": lambda output, reference: seq_rep_n(output, 4),
+    "distinct_1": lambda output, reference: distinct_n(output, 1),
+    "distinct_2": lambda output, reference: distinct_n(output, 2),
+    "length_ratio": lambda output, reference: length_ratio(len(output), len(reference)),
+}
+METRICS = tuple(_DEGENERATION)
+
+
 def degeneration_metrics(output: Tokens, reference: Tokens) -> dict[str, float]:
-    """Every metric of one output, as the infer stage writes them into each row."""
-    return {
-        "rep_2": rep_n(output, 2),
-        "rep_3": rep_n(output, 3),
-        "rep_4": rep_n(output, 4),
-        "seq_rep_4": seq_rep_n(output, 4),
-        "distinct_1": distinct_n(output, 1),
-        "distinct_2": distinct_n(output, 2),
-        "length_ratio": length_ratio(len(output), len(reference)),
-    }
+    """Every metric of `METRICS` for one output, as the infer stage writes them into each row."""
+    return {name: metric(output, reference) for name, metric in _DEGENERATION.items()}

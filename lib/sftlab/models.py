@@ -67,6 +67,23 @@ def resolve_model(name_or_path: str) -> str:
     return str(local) if local.exists() else name_or_path
 
 
+def local_model_folder(name_or_path: str) -> Path | None:
+    """The model's folder if it is on disk already (a local folder, or a builtin model converted
+    before); None for a hub id or a builtin model not converted yet. Converts nothing."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        folder = model_cache_dir() / name_or_path.removeprefix(BUILTIN_PREFIX)
+    else:
+        folder = paths.resolve(name_or_path)
+    return folder if (folder / "config.json").exists() else None
+
+
+def vocabulary(folder: str | Path) -> dict[str, int]:
+    """The tokenizer's vocabulary, added tokens included."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder)).get_vocab()
+
+
 def builtin_gguf(name: str) -> Path:
     """The GGUF file of builtin model `name`, inside its installed package (which is not imported)."""
     if name not in BUILTIN_MODELS:
@@ -116,9 +133,9 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    end_of_turn = end_of_turn_token_id(tokenizer)
-    model.generation_config.eos_token_id = sorted({end_of_turn, tokenizer.eos_token_id} - {None})
-    model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                            else end_of_turn_token_id(tokenizer))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
@@ -144,6 +161,31 @@ def end_of_turn_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """The tokens that end an answer: the chat template's end-of-turn token and EOS (sorted, no None).
+    The one definition: the builtin conversion, every checkpoint's generation config and the infer
+    engines all stop on exactly these."""
+    return sorted({end_of_turn_token_id(tokenizer), tokenizer.eos_token_id} - {None})
+
+
+def inference_dtype(dtype: str, device: str | None = None) -> str:
+    """The weights dtype to generate with: `auto` is bf16 on a GPU and fp32 on the CPU (where bf16 is
+    slow and fp32 keeps batched greedy output equal to one-at-a-time output)."""
+    if dtype != "auto":
+        return dtype
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def training_dtype(dtype: str) -> str:
+    """The weights dtype to train in: fp32 master weights unless the params ask for bf16/fp16 weights
+    (mixed precision is the trainer's `bf16`/`fp16` switch, not this)."""
+    return dtype if dtype in ("bfloat16", "float16") else "float32"
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -156,8 +198,7 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None
     from transformers import AutoModelForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = inference_dtype(dtype, device)
     path = resolve_model(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

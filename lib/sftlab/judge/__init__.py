@@ -1,9 +1,10 @@
 """The judge stage: one judgment per (checkpoint, sample), by a rubric, from an LLM or offline.
 
-    from sftlab import judge
-    planned = judge.plan(params)          # what would be sent, and what it would cost
-    summary = judge.run(params, planned)  # appends outputs/<exp>/judge/<checkpoint>.jsonl
-    frame = judge.load_judgments(params)  # one row per (checkpoint, id), the latest
+    import sftlab.judge as judge_stage    # in notebooks, a name that does not hide the `judge` params
+    planned = judge_stage.plan(params)            # what would be sent, and what it would cost
+    planned.estimate()
+    summary = judge_stage.run(planned)            # appends outputs/<exp>/judge/<checkpoint>.jsonl
+    frame = judge_stage.load_judgments(params)    # one row per (checkpoint, id), the latest
 
 Backends (`judge.backend`): `openai` — any OpenAI-compatible chat-completions endpoint
 (sftlab.judge.api); `reference` — offline agreement with the reference answer (sftlab.judge.reference);
@@ -17,15 +18,16 @@ from sftlab.config import Params
 from sftlab.judge import store
 from sftlab.judge.api import JudgeConfigError
 from sftlab.judge.rubric import InvalidJudgment, Rubric, RubricError, load_rubric
-from sftlab.judge.stage import (GenerationsError, JudgeStopped, Plan, Summary, judge_dir, judgment_key, plan,
-                                read_generations, resolve_backend, run, run_sync)
+from sftlab.judge.stage import (GenerationsError, JudgeStopped, Plan, Summary, judgment_key, plan, resolve_backend,
+                                run, run_sync)
+from sftlab.judge.store import JudgmentRow, JudgmentsError
 
-__all__ = ["GenerationsError", "InvalidJudgment", "JudgeConfigError", "JudgeStopped", "Plan", "Rubric",
-           "RubricError", "Summary", "judge_dir", "judgment_key", "load_judgments", "load_rubric", "plan",
-           "read_generations", "resolve_backend", "run", "run_sync"]
+__all__ = ["GenerationsError", "InvalidJudgment", "JudgeConfigError", "JudgeStopped", "JudgmentRow", "JudgmentsError",
+           "Plan", "Rubric", "RubricError", "Summary", "judgment_key", "load_judgments", "load_rubric", "plan",
+           "resolve_backend", "run", "run_sync"]
 
 
 def load_judgments(params: Params):
     """One row per (checkpoint, id) — the latest written — as a pandas DataFrame, base first then by
     step; with a `score_<criterion>` column per criterion. Empty when nothing was judged yet."""
-    return store.load_frame(judge_dir(params))
+    return store.load_frame(params.layout.judge)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from sftlab import jsonl
 from sftlab.judge.rubric import Rubric
 
 VERSION = "reference-v1"
@@ -84,8 +85,10 @@ def _tokens(text: str) -> tuple[str, ...]:
 
 
 def tokenize(text: str) -> list[str]:
-    """Morphemes for Korean, lower-cased words for everything else; punctuation is dropped."""
-    return list(_tokens(unicodedata.normalize("NFC", text or "").lower()))
+    """Morphemes for Korean, lower-cased words for everything else; punctuation is dropped. A lone
+    surrogate (possible in a model's output, never a character) becomes U+FFFD first."""
+    text = jsonl.utf8_safe(text or "")
+    return list(_tokens(unicodedata.normalize("NFC", text).lower()))
 
 
 def token_f1(output: list[str], reference: list[str]) -> float:

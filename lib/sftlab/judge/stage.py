@@ -1,9 +1,9 @@
 """The judge stage: generations in, one judgment row per (checkpoint, sample) out.
 
-    plan(params)        read `generations/*.jsonl`, pick each row's rubric, compute its cache key and
+    plan(params)        read the generation rows (sftlab.infer.store), pick each row's rubric, compute its cache key and
                         sort it: up to date / reusable from the cache / to judge; with an estimate of
                         requests, tokens and cost — nothing is sent
-    run(params, plan)   judge what the plan says and append the rows to `judge/<checkpoint>.jsonl`;
+    run(plan)           judge what the plan says and append the rows to `judge/<checkpoint>.jsonl`;
                         works from a script and from a notebook cell (where an event loop already runs)
 
 The cache key is a hash of (rubric content, backend and judge model, prompt, reference, output). A row
@@ -32,83 +32,16 @@ from typing import Any
 
 from sftlab import paths
 from sftlab.config import JudgeParams, Params, atomic_write_text
+from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
 from sftlab.judge import cost, reference, store
 from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
 from sftlab.judge.rubric import Rubric, load_rubric
+from sftlab.judge.store import JudgmentRow
 
-REQUIRED = {"id": (str, int), "checkpoint": str, "prompt": list, "reference": str, "output": str}
-
-
-class GenerationsError(ValueError):
-    """Generations that cannot be judged; the message names the file, the line and the field."""
-
+__all__ = ["GenerationsError", "JudgeConfigError", "JudgeStopped", "Plan", "Summary", "plan", "run"]
 
 class JudgeStopped(RuntimeError):
     """The endpoint refused every request (bad key, unknown model, no quota); rows were still written."""
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-def generations_dir(params: Params) -> Path:
-    return params.output_dir / "generations"
-
-
-def judge_dir(params: Params) -> Path:
-    return params.output_dir / "judge"
-
-
-def read_generations(params: Params) -> list[dict[str, Any]]:
-    """Every generation row, base first then by step; raises naming file, line and field."""
-    folder = generations_dir(params)
-    files = store.jsonl_files(folder)
-    if not files:
-        raise GenerationsError(f"{folder}: no generations (*.jsonl); run the infer stage first")
-    rows, problems = [], []
-    for path in files:
-        seen: set[str] = set()
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                if number == len(lines):  # the infer stage was killed mid-write; that row is simply not there yet
-                    continue
-                problems.append(f"{path}:{number}: not JSON ({e.msg})")
-                continue
-            problem = _check_row(row, path.stem, seen)
-            if problem:
-                problems.append(f"{path}:{number}: {problem}")
-                continue
-            rows.append(row)
-    if problems:
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise GenerationsError("cannot judge these generations:\n  " + "\n  ".join(problems[:20]) + more)
-    return rows
-
-
-def _check_row(row: Any, checkpoint: str, seen: set[str]) -> str | None:
-    if not isinstance(row, dict):
-        return "expected a JSON object"
-    for name, kind in REQUIRED.items():
-        if name not in row:
-            return f"field '{name}' is missing"
-        if not isinstance(row[name], kind):
-            return f"field '{name}': expected {getattr(kind, '__name__', 'a string')}, got {type(row[name]).__name__}"
-    if row["checkpoint"] != checkpoint:
-        return f"field 'checkpoint' is '{row['checkpoint']}' in the file of '{checkpoint}'"
-    if any(not isinstance(m, dict) or "content" not in m for m in row["prompt"]):
-        return "field 'prompt': expected a list of {role, content} messages"
-    if not isinstance(row.get("meta", {}), dict):
-        return "field 'meta': expected an object"
-    if str(row["id"]) in seen:
-        return f"field 'id': '{row['id']}' appears twice"
-    seen.add(str(row["id"]))
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,21 +56,22 @@ def resolve_backend(judge: JudgeParams) -> str:
     return "openai" if judge.base_url or os.environ.get(judge.api_key_env) else "reference"
 
 
-def rubric_path(judge: JudgeParams, row: dict[str, Any]) -> str:
-    lang = (row.get("meta") or {}).get("lang")
+def rubric_path(judge: JudgeParams, row: GenerationRow) -> str:
+    lang = row.meta.get("lang")
     return (judge.rubric_by_lang or {}).get(lang) or judge.rubric
 
 
-def judgment_key(rubric: Rubric, judge_model: str, row: dict[str, Any]) -> str:
-    payload = {"rubric": rubric.fingerprint, "judge": judge_model, "prompt": row["prompt"],
-               "reference": row["reference"], "output": row["output"]}
+def judgment_key(rubric: Rubric, judge_model: str, row: GenerationRow) -> str:
+    payload = {"rubric": rubric.fingerprint, "judge": judge_model, "prompt": row.prompt,
+               "reference": row.reference, "output": row.output}
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    # surrogatepass: a lone surrogate in a model output hashes (valid text hashes exactly as with utf-8).
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass
 class Item:
-    row: dict[str, Any]
+    row: GenerationRow
     rubric: Rubric
     key: str
 
@@ -150,7 +84,7 @@ class Plan:
     rubrics: dict[str, Rubric]  # path -> rubric, those in use
     items: list[Item]
     up_to_date: list[Item] = field(default_factory=list)
-    reuse: list[tuple[Item, dict[str, Any]]] = field(default_factory=list)  # (item, cached row)
+    reuse: list[tuple[Item, JudgmentRow]] = field(default_factory=list)  # (item, cached row)
     jobs: dict[str, list[Item]] = field(default_factory=dict)  # key -> rows sharing that judgment
 
     @property
@@ -165,7 +99,7 @@ class Plan:
             mode = "json_schema" if judge.structured == "auto" else judge.structured
             for items in self.jobs.values():
                 item = items[0]
-                messages = item.rubric.messages(item.row["prompt"], item.row["reference"], item.row["output"], mode)
+                messages = item.rubric.messages(item.row.prompt, item.row.reference, item.row.output, mode)
                 text = "".join(m["content"] for m in messages)
                 if mode == "json_schema":  # the schema is sent too, and billed as input
                     text += json.dumps(item.rubric.response_schema(), ensure_ascii=False)
@@ -188,7 +122,7 @@ def plan(params: Params) -> Plan:
     judge = params.judge
     backend = resolve_backend(judge)
     model = reference.judge_model() if backend == "reference" else judge.model
-    rows = read_generations(params)
+    rows = read_generations(params.layout.generations)
     rubrics: dict[str, Rubric] = {}
     for row in rows:
         path = rubric_path(judge, row)
@@ -198,15 +132,15 @@ def plan(params: Params) -> Plan:
                 reference.check_rubric(rubrics[path], str(paths.resolve(path)))
     identity = f"{backend}:{model}"
     result = Plan(params, backend, model, rubrics, items=[])
-    folder = judge_dir(params)
+    folder = params.layout.judge
     latest = store.latest_rows(folder)
     cache = store.judged_by_key(folder)
     for row in rows:
         rubric = rubrics[rubric_path(judge, row)]
         item = Item(row, rubric, judgment_key(rubric, identity, row))
         result.items.append(item)
-        last = latest.get((row["checkpoint"], str(row["id"])))
-        if last and last.get("key") == item.key and last.get("status") == "judged":
+        last = latest.get((row.checkpoint, row.id))
+        if last and last.key == item.key and last.status == "judged":
             result.up_to_date.append(item)
         elif item.key in cache:
             result.reuse.append((item, cache[item.key]))
@@ -249,10 +183,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def run(params: Params, planned: Plan | None = None, progress: bool = True) -> Summary:
-    """Judge what `planned` (default: a fresh plan) says; append every row; return the counts."""
-    planned = planned or plan(params)
-    return run_sync(_run(params, planned, progress))
+def run(planned: Plan, progress: bool = True) -> Summary:
+    """Judge what `planned` says; append every row; return the counts."""
+    return run_sync(_run(planned.params, planned, progress))
 
 
 def run_sync(coroutine):
@@ -285,7 +218,7 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
     summary = Summary(planned.backend, planned.model, rows=len(planned.items),
                       up_to_date=len(planned.up_to_date), from_cache=len(planned.reuse))
     costs: list[float | None] = []
-    with store.Appender(judge_dir(params)) as out:
+    with store.Appender(params.layout.judge) as out:
         for item, cached in planned.reuse:
             out.append(_copied_row(item, cached))
 
@@ -296,8 +229,8 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
             for index, item in enumerate(items):
                 row = _row(item, planned, outcome)
                 if index:  # rows that share a judgment pay for it once
-                    row.update(usage=None, cost_usd=0.0, requests=0,
-                               reused_from=f"{items[0].row['checkpoint']}/{items[0].row['id']}")
+                    row = row.model_copy(update={"usage": None, "cost_usd": 0.0, "requests": 0,
+                                                 "reused_from": f"{items[0].row.checkpoint}/{items[0].row.id}"})
                 out.append(row)
                 summary.judged += outcome.status == "judged"
                 summary.errors += outcome.status == "error"
@@ -311,8 +244,8 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                     record(key, _reference_outcome(items[0]))
             elif planned.jobs:
                 backend = OpenAIJudge(params.judge)
-                jobs = [Job(key, items[0].rubric, items[0].row["prompt"], items[0].row["reference"],
-                            items[0].row["output"]) for key, items in planned.jobs.items()]
+                jobs = [Job(key, items[0].rubric, items[0].row.prompt, items[0].row.reference,
+                            items[0].row.output) for key, items in planned.jobs.items()]
                 try:
                     await backend.judge_all(jobs, lambda job, outcome: record(job.key, outcome))
                 finally:
@@ -333,36 +266,34 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
 
 def _reference_outcome(item: Item) -> Outcome:
     try:
-        result = reference.evaluate(item.row, item.rubric)
+        result = reference.evaluate(item.row.to_json(), item.rubric)
     except Exception as e:  # a row the metrics cannot handle fails alone, named by the row
-        return Outcome("error", error=f"reference judge failed on {item.row['checkpoint']}/{item.row['id']}: "
+        return Outcome("error", error=f"reference judge failed on {item.row.checkpoint}/{item.row.id}: "
                                       f"{type(e).__name__}: {e}")
     return Outcome("judged", scores=result["scores"], reasons=result["reasons"], raw=result["raw"],
                    cost_usd=0.0, metrics=result["metrics"])
 
 
-def _row(item: Item, planned: Plan, outcome: Outcome) -> dict[str, Any]:
+def _row(item: Item, planned: Plan, outcome: Outcome) -> JudgmentRow:
     row = item.row
-    return {
-        "key": item.key, "id": row["id"], "checkpoint": row["checkpoint"], "status": outcome.status,
-        "judge": {"backend": planned.backend, "model": planned.model, "rubric": item.rubric.name},
-        "scores": outcome.scores, "reasons": outcome.reasons,
-        "overall": item.rubric.overall(outcome.scores) if outcome.scores else None,
-        "error": outcome.error, "raw": outcome.raw, "usage": outcome.usage, "cost_usd": outcome.cost_usd,
-        "requests": outcome.requests, "structured": outcome.structured,
-        "metrics": outcome.metrics, "reused_from": None, "meta": row.get("meta") or {},
-        "judged_at": _now(),
-    }
+    return JudgmentRow(
+        key=item.key, id=row.id, checkpoint=row.checkpoint, status=outcome.status,
+        judge={"backend": planned.backend, "model": planned.model, "rubric": item.rubric.name},
+        scores=outcome.scores, reasons=outcome.reasons,
+        overall=item.rubric.overall(outcome.scores) if outcome.scores else None,
+        error=outcome.error, raw=outcome.raw, usage=outcome.usage, cost_usd=outcome.cost_usd,
+        requests=outcome.requests, structured=outcome.structured, metrics=outcome.metrics, reused_from=None,
+        meta=row.meta, judged_at=_now())
 
 
-def _copied_row(item: Item, cached: dict[str, Any]) -> dict[str, Any]:
-    return {**cached, "id": item.row["id"], "checkpoint": item.row["checkpoint"], "meta": item.row.get("meta") or {},
-            "usage": None, "cost_usd": 0.0, "requests": 0,
-            "reused_from": f"{cached.get('checkpoint')}/{cached.get('id')}", "judged_at": _now()}
+def _copied_row(item: Item, cached: JudgmentRow) -> JudgmentRow:
+    return cached.model_copy(update={
+        "id": item.row.id, "checkpoint": item.row.checkpoint, "meta": item.row.meta, "usage": None,
+        "cost_usd": 0.0, "requests": 0, "reused_from": f"{cached.checkpoint}/{cached.id}", "judged_at": _now()})
 
 
 def _write_summary(params: Params, planned: Plan, summary: Summary) -> None:
-    folder = judge_dir(params)
+    folder = params.layout.judge
     folder.mkdir(parents=True, exist_ok=True)
     data = {**summary.__dict__, "rubrics": {str(p): r.name for p, r in planned.rubrics.items()},
             "finished": _now()}

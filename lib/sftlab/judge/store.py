@@ -1,107 +1,111 @@
-"""Judgment rows on disk: `outputs/<exp>/judge/<checkpoint>.jsonl`, one JSON row per judgment.
+"""Judgment rows on disk: `outputs/<exp>/judge/<checkpoint>.jsonl`, one `JudgmentRow` per judgment,
+written by the judge stage and read by it (resume, cache) and by the score stage — through here only.
 
-Rows are only ever appended (and flushed one by one), so a killed run loses at most the row being
-written. A re-run appends a repaired row after the failed one; the latest row per (checkpoint, id)
-is the one that counts — `load_frame` (sftlab.judge.load_judgments) returns exactly those.
+Rows are only ever appended (sftlab.jsonl: flushed and fsynced one by one), so a killed run loses at
+most the row being written. A re-run appends a repaired row after the failed one; the latest row per
+(checkpoint, id) is the one that counts — `latest_rows` and `load_frame` return exactly those.
 
-Row fields: key, id, checkpoint, status (judged | error | not_judged), judge {backend, model, rubric},
-scores {criterion: int} | null, reasons {criterion: str} | null, overall (0–1 | null), error, raw,
-usage {prompt_tokens, completion_tokens} | null, cost_usd, requests, structured, metrics, reused_from,
-meta, judged_at.
+Raises `JudgmentsError` (a ValueError) naming the file, line and field of a row that cannot be read.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sftlab import jsonl
 from sftlab.checkpoints import checkpoint_order
 
-log = logging.getLogger("sftlab.judge")
 
-FIELDS = ("key", "id", "checkpoint", "status", "judge", "scores", "reasons", "overall", "error", "raw", "usage",
-          "cost_usd", "requests", "structured", "metrics", "reused_from", "meta", "judged_at")
-
+class JudgmentsError(ValueError):
+    """A judgment file with a row that cannot be read; the message names the file, line and field."""
 
 
+class JudgmentRow(BaseModel):
+    """One judgment of one (checkpoint, sample): scores and reasons, or why there are none."""
 
-def jsonl_files(directory: Path) -> list[Path]:
+    model_config = ConfigDict(extra="ignore")
+
+    key: str  # hash of (rubric, judge, prompt, reference, output): the cache key
+    id: str
+    checkpoint: str
+    status: Literal["judged", "error", "not_judged"]
+    judge: dict[str, Any] = {}  # {backend, model, rubric}
+    scores: dict[str, int] | None = None  # criterion key -> score (None unless judged)
+    reasons: dict[str, str] | None = None
+    overall: float | None = None  # 0–1, the rubric's weighted mean of the scores
+    error: str | None = None
+    raw: str | None = None  # the judge's own text, kept to explain a surprising score
+    usage: dict[str, Any] | None = None  # {prompt_tokens, completion_tokens}
+    cost_usd: float | None = 0.0
+    requests: int = 0
+    structured: str | None = None  # the response_format mode that produced the answer
+    metrics: dict[str, Any] | None = None  # the reference judge's raw measurements
+    reused_from: str | None = None  # "<checkpoint>/<id>" whose judgment this row copies
+    meta: dict[str, Any] = {}
+    judged_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+FIELDS = tuple(JudgmentRow.model_fields)
+
+
+def judgment_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(directory.glob("*.jsonl"), key=lambda p: checkpoint_order(p.stem))
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Every row of a judge file; a line that is not a JSON object (a write cut short by a kill) is
-    skipped with a warning naming the file and line — its judgment is redone on the next run."""
+def read_file(path: Path) -> list[JudgmentRow]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict) or "key" not in row:
-                log.warning("%s:%d: not a judgment row (cut short?); skipped, it will be judged again", path, number)
-                continue
-            rows.append(row)
+    try:
+        numbered = list(jsonl.iter_rows(path))
+    except jsonl.RowsError as e:
+        raise JudgmentsError(f"{e}; delete that line and re-run the judge stage to judge it again") from None
+    for number, raw in numbered:
+        try:
+            rows.append(JudgmentRow.model_validate(raw))
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "row"
+            raise JudgmentsError(f"{path}:{number}: field '{field}': {first['msg']}") from None
     return rows
 
 
-def latest_rows(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
+def latest_rows(directory: Path) -> dict[tuple[str, str], JudgmentRow]:
     """(checkpoint, id) -> the last row written for it, in checkpoint order."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in jsonl_files(directory):
-        for row in read_rows(path):
-            latest[(str(row.get("checkpoint", path.stem)), str(row.get("id")))] = row
+    latest: dict[tuple[str, str], JudgmentRow] = {}
+    for path in judgment_files(directory):
+        for row in read_file(path):
+            latest[(row.checkpoint, row.id)] = row
     return latest
 
 
-def judged_by_key(directory: Path) -> dict[str, dict[str, Any]]:
+def judged_by_key(directory: Path) -> dict[str, JudgmentRow]:
     """key -> the last *judged* row with that key, from any checkpoint: the cache."""
-    cache: dict[str, dict[str, Any]] = {}
-    for path in jsonl_files(directory):
-        for row in read_rows(path):
-            if row.get("status") == "judged":
-                cache[row["key"]] = row
-    return cache
+    return {row.key: row for path in judgment_files(directory) for row in read_file(path) if row.status == "judged"}
 
 
 class Appender:
-    """Appends rows to `<directory>/<checkpoint>.jsonl`, flushing after each."""
+    """Appends rows to `<directory>/<checkpoint>.jsonl`, each flushed and fsynced."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self._files: dict[str, Any] = {}
+        self._out = jsonl.Appender()
 
     def __enter__(self) -> "Appender":
         self.directory.mkdir(parents=True, exist_ok=True)
         return self
 
     def __exit__(self, *exc) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
+        self._out.close()
 
-    def append(self, row: dict[str, Any]) -> None:
-        checkpoint = row["checkpoint"]
-        f = self._files.get(checkpoint)
-        if f is None:
-            path = self.directory / f"{checkpoint}.jsonl"
-            torn = False
-            if path.exists() and path.stat().st_size > 0:
-                with path.open("rb") as last:
-                    last.seek(-1, 2)
-                    torn = last.read(1) != b"\n"
-            f = self._files[checkpoint] = path.open("a", encoding="utf-8")
-            if torn:
-                f.write("\n")  # end a line cut short by a kill, so it cannot swallow the next row
-        f.write(json.dumps({k: row.get(k) for k in FIELDS}, ensure_ascii=False) + "\n")
-        f.flush()
+    def append(self, row: JudgmentRow) -> None:
+        self._out.append(self.directory / f"{row.checkpoint}.jsonl", row.to_json())
 
 
 def load_frame(directory: Path):
@@ -111,9 +115,8 @@ def load_frame(directory: Path):
     """
     import pandas as pd
 
-    rows = sorted(latest_rows(directory).values(),
-                  key=lambda r: (checkpoint_order(str(r.get("checkpoint"))), str(r.get("id"))))
-    frame = pd.DataFrame(rows, columns=list(FIELDS))
+    rows = sorted(latest_rows(directory).values(), key=lambda r: (checkpoint_order(r.checkpoint), r.id))
+    frame = pd.DataFrame([jsonl.utf8_safe(r.to_json()) for r in rows], columns=list(FIELDS))
     if frame.empty:
         return frame
     keys = list(dict.fromkeys(k for scores in frame["scores"] if isinstance(scores, dict) for k in scores))

@@ -1,6 +1,10 @@
-"""Side-by-side answers as an HTML table: one row per sample, one column per checkpoint.
+"""What the infer notebook shows: the generations as a frame, metrics per checkpoint, answers side by side.
 
-Every piece of text (prompt, reference, model output, ids, checkpoint names) goes through
+    generations = views.load_generations(params)   # one row per (checkpoint, sample)
+    views.summarize(generations)                   # per checkpoint: termination rate first, then the rest
+    views.side_by_side(generations, samples=12)    # HTML: one row per sample, one column per checkpoint
+
+In the side-by-side table every piece of text (prompt, reference, model output, ids, checkpoint names) goes through
 `html.escape`, so an output holding `<script>` or markup is shown as text, never run or rendered.
 Text is left as UTF-8 characters (Korean stays readable in the source of the report), and
 `white-space: pre-wrap` keeps the model's line breaks and runs of spaces visible.
@@ -9,6 +13,50 @@ Text is left as UTF-8 characters (Korean stays readable in the source of the rep
 from __future__ import annotations
 
 import html
+
+from sftlab import jsonl
+from sftlab.config import Params
+from sftlab.infer import store
+from sftlab.infer.stage import select_checkpoints, select_examples
+from sftlab.metrics import METRICS
+
+
+def load_generations(params: Params):
+    """Rows of the selected checkpoints and samples, base first, samples in test-set order.
+
+    `meta` is spread into columns (e.g. `lang`); a meta key that clashes with a row field becomes
+    `meta.<key>`.
+    """
+    import pandas as pd
+
+    ids = [e.id for e in select_examples(params)]
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
+    frames = []
+    for target in select_checkpoints(params):
+        rows = [jsonl.utf8_safe(r.to_json()) for r in store.read_file(params.layout.generations_file(target.name))
+                if r.id in position]
+        frame = pd.DataFrame(rows)
+        if len(frame):
+            frames.append(frame.sort_values("id", key=lambda s: s.map(position)))
+    if not frames:
+        return pd.DataFrame(columns=["id", "checkpoint", "output", "finish_reason", "n_tokens", *METRICS])
+    frame = pd.concat(frames, ignore_index=True)
+    meta = pd.DataFrame(list(frame.pop("meta")), index=frame.index)
+    meta.columns = [f"meta.{c}" if c in frame.columns else c for c in meta.columns]
+    return frame.join(meta)
+
+
+def summarize(generations, by: str | list[str] = "checkpoint"):
+    """Means per group (default: per checkpoint, in the order of `generations`): termination rate first,
+    then repetition and diversity, mean length and length ratio; the number of samples last."""
+    by = [by] if isinstance(by, str) else list(by)
+    return generations.groupby(by, sort=False).agg(
+        termination_rate=("eos_terminated", "mean"),
+        **{name: (name, "mean") for name in METRICS if name != "length_ratio"},
+        mean_tokens=("n_tokens", "mean"),
+        length_ratio=("length_ratio", "mean"),
+        samples=("id", "size"),
+    )
 
 STYLE = """<style>
 table.sftlab-side-by-side { border-collapse: collapse; font-size: 0.85em; }
@@ -41,7 +89,7 @@ def _answer_cell(row) -> str:
 
 
 def side_by_side(generations, samples: int = 8) -> str:
-    """The first `samples` samples of `generations` (infer.load_generations): question, reference,
+    """The first `samples` samples of `generations` (`load_generations`): question, reference,
     then each checkpoint's output with its finish reason and length."""
     if len(generations) == 0:
         return "<p>(no generations)</p>"

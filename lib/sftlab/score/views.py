@@ -1,4 +1,4 @@
-"""Figures of the score stage (seaborn). Korean labels render with NanumGothic, which the
+"""What the score notebook shows: figures (seaborn). Korean labels render with NanumGothic, which the
 `koreanize-matplotlib` package ships: no system font and no root needed.
 
 Each function returns the matplotlib figure and saves it when given a path.

@@ -1,9 +1,9 @@
-"""Full fine-tuning entry point: one flat YAML -> (ScriptArguments, SFTConfig) -> TRL's SFTTrainer.
+"""The training script: one flat YAML -> (ScriptArguments, SFTArguments) -> TRL's SFTTrainer.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 -m sftlab.train --config train_config.yaml
     python -m sftlab.train --config train_config.yaml                       # one process
 
-The train notebook writes `outputs/<exp>/train/train_config.yaml` (see `sftlab.launch`) and the rows
+The train stage writes `outputs/<exp>/train/train_config.yaml` (see `sftlab.train.launch`) and the rows
 to train on (`train.jsonl`, prompt/completion in chat form), but any flat YAML whose keys are fields
 of `ScriptArguments` or `trl.SFTConfig` works: `TrlParser` maps each key onto its dataclass.
 
@@ -29,22 +29,34 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from trl import SFTConfig
+
+from sftlab import models
 from sftlab.checkpoints import newest_complete
+from sftlab.config import Collator, DType, collator_conflict
 
 ADDED_PAD_TOKEN = "<|pad|>"
 
 
 @dataclass
 class ScriptArguments:
-    """sftlab's own arguments; every other key of the YAML belongs to SFTConfig."""
+    """sftlab's own arguments, named as in the params file; every other key of the YAML is SFTConfig's."""
 
     model_name_or_path: str = field(metadata={"help": "base model: a local folder or a hub id"})
     train_file: str = field(metadata={"help": "JSONL of {id, prompt, completion} rows in chat form"})
-    collator: str = field(default="trl", metadata={"help": "trl | legacy_pad_masked (pad-id labels set to -100)"})
-    pad_token_choice: str = field(default="eos", metadata={"help": "eos | add | a token of the vocabulary"})
+    collator: Collator = field(default="trl", metadata={"help": "trl | legacy_pad_masked (pad-id labels set to -100)"})
+    pad_token: str = field(default="eos", metadata={"help": "eos | add | a token of the vocabulary"})
     use_reentrant: bool = field(default=False, metadata={"help": "gradient_checkpointing_kwargs use_reentrant"})
     resume: str = field(default="auto", metadata={"help": "auto (newest complete checkpoint) | never | a path"})
-    model_dtype: str = field(default="float32", metadata={"help": "weights dtype; bf16 autocast comes from bf16"})
+    dtype: DType = field(default="auto", metadata={"help": "model.dtype; weights dtype by models.training_dtype"})
+
+
+@dataclass
+class SFTArguments(SFTConfig):
+    """SFTConfig without its deprecated `pad_token` field: the pad token is ScriptArguments.pad_token
+    (`eos | add | <token>`), applied to the tokenizer before the trainer is built."""
+
+    pad_token: str | None = field(default=None, init=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,13 +82,13 @@ def device_defaults(config: dict) -> list[str]:
 
 def parse_args(argv: list[str] | None = None):
     import yaml
-    from trl import SFTConfig, TrlParser
+    from trl import TrlParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config = {}
     if "--config" in argv:
         config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text(encoding="utf-8")) or {}
-    parser = TrlParser((ScriptArguments, SFTConfig))
+    parser = TrlParser((ScriptArguments, SFTArguments))
     script_args, training_args = parser.parse_args_and_config(argv + device_defaults(config))
     if training_args.gradient_checkpointing:
         training_args.gradient_checkpointing_kwargs = {
@@ -88,20 +100,17 @@ def load_tokenizer_and_model(script_args: ScriptArguments, training_args, weight
     """`weights=False` builds the model on the meta device: enough to prepare data, nothing to train."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from sftlab.models import end_of_turn_token_id
-
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
-    dtype = getattr(torch, script_args.model_dtype)
+    dtype = getattr(torch, models.training_dtype(script_args.dtype))
     if weights:
         model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, dtype=dtype)
     else:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(script_args.model_name_or_path),
                                                      dtype=dtype)
-    set_pad_token(tokenizer, model, script_args.pad_token_choice)
+    set_pad_token(tokenizer, model, script_args.pad_token)
     # Generation stops on the chat template's end-of-turn token (and on EOS), in every checkpoint.
-    end_of_turn = end_of_turn_token_id(tokenizer)
-    model.generation_config.eos_token_id = sorted({end_of_turn, tokenizer.eos_token_id} - {None})
+    model.generation_config.eos_token_id = models.stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if training_args.gradient_checkpointing:
         model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
@@ -122,7 +131,7 @@ def set_pad_token(tokenizer, model, choice: str) -> None:
                                           mean_resizing=model.device.type != "meta")
     else:
         if choice not in tokenizer.get_vocab():
-            raise ValueError(f"pad_token: '{choice}' is not a token of the vocabulary (use eos, add, or a token)")
+            raise ValueError(f"pad_token: {choice!r} is not a token of the vocabulary (use eos, add, or a token)")
         tokenizer.pad_token = choice
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -150,16 +159,14 @@ def build_trainer(script_args: ScriptArguments, training_args, tokenizer, model,
 
     trainer_class = trainer_class or SFTTrainer
 
-    if script_args.collator not in ("trl", "legacy_pad_masked"):
-        raise ValueError(f"collator: '{script_args.collator}' is not one of trl, legacy_pad_masked")
+    # The schema refuses these combinations already; a hand-written config meets the same rule here.
     padding_free = training_args.padding_free or (
         training_args.packing and training_args.packing_strategy in ("bfd", "bfd_split"))
+    conflict = collator_conflict(script_args.collator, padding_free)
+    if conflict:
+        raise ValueError(conflict)
     collator = None
     if script_args.collator == "legacy_pad_masked":
-        if padding_free:
-            raise ValueError(
-                "collator: legacy_pad_masked pads each batch and masks the pad id, but packing: bfd trains "
-                "padding-free (no pad tokens at all). Use packing: false or wrapped with this collator.")
         collator = legacy_pad_masked_collator(tokenizer.pad_token_id, training_args.pad_to_multiple_of)
     return trainer_class(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
                          data_collator=collator, callbacks=list(callbacks))
@@ -301,6 +308,3 @@ def write_summary(trainer, output_dir: Path, tokens_before: float, steps_before:
     (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
-
-if __name__ == "__main__":
-    main(*parse_args())

@@ -2,7 +2,7 @@
 
 The origin lost runs to a model that repeated itself and never stopped: pad == EOS, and its collator
 set the label of every pad-id token to -100, so the end-of-turn token was never trained. This audit
-builds the trainer exactly as `sftlab.train` does (same flat config, tokenizer, pad-token choice,
+builds the trainer exactly as the training script (sftlab.train.trainer) does (same flat config, tokenizer, pad-token choice,
 SFTTrainer dataset preparation and collator), collates a few training rows, and checks that every
 end-of-turn token that closes a supervised answer carries loss.
 
@@ -128,7 +128,7 @@ def explain(audit: LabelAudit, collator: str) -> str:
 def run_label_audit(config_path: Path, rows: int = 8, html_path: Path | None = None,
                     allow_unsupervised_eos: bool = False) -> LabelAudit:
     """Tokenize and collate `rows` training rows exactly as `sftlab.train` will; check the stop token."""
-    from sftlab import train
+    from sftlab.train import trainer as train
     from sftlab.models import end_of_turn_token_id
 
     with tempfile.TemporaryDirectory() as scratch:

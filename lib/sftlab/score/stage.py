@@ -1,0 +1,76 @@
+"""The score stage: checkpoints and experiments compared with numbers a reader can trust.
+
+    planned = score_stage.plan(params)    # which experiments, against which baseline
+    summary = score_stage.run(planned)    # compute and write every table; summary.tables for display
+
+Reads, for each compared experiment, only the files of the stages before it (sftlab.score.samples).
+Per (experiment, checkpoint): the mean of each criterion and of the overall score with seeded
+bootstrap intervals, the judge's error rate, the EOS-termination rate, repetition rates, mean length,
+cost; and the paired bootstrap difference of each against a baseline over the sample ids both share.
+
+Writes under outputs/<exp>/scores/: summary.csv, differences.csv, study_table.csv, per_sample.parquet
+and headline.json (read by outputs/index.html); the notebook adds figures/*.png (sftlab.score.views).
+Raises `ScoreError` when a compared experiment has no generations, or the baseline names a
+checkpoint that was not generated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from sftlab.config import Params, atomic_write_text
+from sftlab.score import stats
+from sftlab.score.samples import ScoreError, per_sample
+
+
+@dataclass(frozen=True)
+class Plan:
+    params: Params
+    experiments: list[str]  # this experiment (when it generated anything) and score.experiments
+    baseline: tuple[str, str]  # (experiment, checkpoint)
+
+
+def plan(params: Params) -> Plan:
+    """Which experiments are compared, and against which baseline. Reads nothing but folder names."""
+    own = [params.experiment] if params.layout.generations.is_dir() else []
+    experiments = list(dict.fromkeys(own + list(params.score.experiments)))
+    if not experiments:
+        raise ScoreError(f"experiment '{params.experiment}' has no generations and score.experiments is empty: "
+                         "nothing to score")
+    return Plan(params, experiments, stats.parse_baseline(params.score.baseline, experiments))
+
+
+@dataclass
+class Summary:
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # samples, summary, differences, study
+    written: list[Path] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        summary = self.tables.get("summary", pd.DataFrame())
+        return (f"scored {len(summary)} (experiment, checkpoint) pairs; written: "
+                + ", ".join(p.name for p in self.written))
+
+
+def run(planned: Plan) -> Summary:
+    """Compute and write every table; return them for display."""
+    params = planned.params
+    samples = per_sample(planned.experiments)
+    options = {"n_boot": params.score.bootstrap, "confidence": params.score.confidence, "seed": params.seed}
+    summary = stats.summarize(samples, **options)
+    differences = stats.paired_differences(samples, planned.baseline, **options)
+    study = stats.study_table(summary, params.score.observations)
+    out = params.layout.scores
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"summary.csv": summary.to_csv(index=False), "differences.csv": differences.to_csv(index=False),
+               "study_table.csv": study.to_csv(index=False),
+               "headline.json": json.dumps(stats.headline(summary), ensure_ascii=False, indent=2) + "\n"}
+    for name, text in written.items():
+        atomic_write_text(out / name, text)
+    samples.drop(columns=["prompt", "meta"], errors="ignore").to_parquet(out / "per_sample.parquet", index=False)
+    return Summary(tables={"samples": samples, "summary": summary, "differences": differences, "study": study},
+                   written=[out / name for name in written] + [out / "per_sample.parquet"])
+

@@ -1,0 +1,128 @@
+"""Launching training: the flat config, the torchrun command, its live output.
+
+    config = launch.train_config(params, model_path, train_file, train_dir)   # the flat YAML's content
+    launch.torchrun_command(params.train, config_path)                        # ... -m sftlab.train --config
+    code, tail = launch.stream(command, log, echo)                            # live output into a cell + log
+
+The train stage (sftlab.train.stage) uses these; `sftlab prepare-train` prints the same command for
+launching by hand. Raises `ValueError` for launch settings that cannot work (multi-node without an
+endpoint).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from sftlab.config import OWN_TRAIN_KEYS, Params, TrainParams, atomic_write_text
+
+LOG_TAIL_LINES = 50
+# The sftlab knobs that sftlab.train.ScriptArguments takes, under the same names.
+SCRIPT_KNOBS = ("collator", "pad_token", "use_reentrant", "resume")
+
+
+def nproc_per_node(train: TrainParams) -> int:
+    if train.nproc_per_node == "auto":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    return train.nproc_per_node
+
+
+def train_config(params: Params, model_path: str, train_file: Path, output_dir: Path) -> dict:
+    """The flat YAML handed to `sftlab.train`: ScriptArguments fields + SFTConfig fields."""
+    train = params.train
+    config = {
+        # sftlab.train.ScriptArguments: the knobs keep their params names
+        "model_name_or_path": model_path,
+        "train_file": str(train_file),
+        **{knob: getattr(train, knob) for knob in SCRIPT_KNOBS},
+        "dtype": params.model.dtype,
+        # SFTConfig: what sftlab decides...
+        "output_dir": str(output_dir),
+        "seed": params.seed,
+        "completion_only_loss": train.loss == "completion",
+        "packing": train.packing is not False,
+        "report_to": "none",
+        "logging_first_step": True,  # the first loss is the baseline the curves are read against
+        "disable_tqdm": True,  # sftlab.train prints one line per logging step instead
+        "save_strategy": "steps",
+        # Batches of rows of similar length: far less padding computed for nothing (bench/train.py measures it).
+        "train_sampling_strategy": "group_by_length",
+    }
+    if train.packing:
+        config["packing_strategy"] = train.packing
+    # ...and what the params say (declared SFTConfig fields that are set, then any other SFTConfig key).
+    config.update({k: v for k, v in train.model_dump(exclude=OWN_TRAIN_KEYS).items() if v is not None})
+    world_size = nproc_per_node(train) * train.nnodes
+    if world_size > 1 and "fsdp" not in config:
+        # The origin's ACCELERATE_USE_FSDP=1 FSDP_CPU_RAM_EFFICIENT_LOADING=1, through the trainer's arguments.
+        # Full state dicts: every checkpoint loads with from_pretrained, with no conversion step.
+        config["fsdp"] = True
+        config["fsdp_config"] = {"cpu_ram_efficient_loading": True, "state_dict_type": "FULL_STATE_DICT"}
+        config["env"] = {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
+    return config
+
+
+def torchrun_command(train: TrainParams, config_path: Path) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node(train))]
+    if train.nnodes == 1 and not train.rdzv_endpoint:
+        command += ["--standalone"]  # a free local port, no clash between experiments run side by side
+    else:
+        if not train.rdzv_endpoint:
+            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint (host:port of node 0)")
+        command += ["--nnodes", str(train.nnodes), "--node_rank", str(train.node_rank),
+                    "--rdzv_backend", "c10d", "--rdzv_endpoint", train.rdzv_endpoint]
+    return command + ["-m", "sftlab.train", "--config", str(config_path)]
+
+
+def write_train_rows(examples, path: Path) -> None:
+    """The validated rows as chat prompt/completion pairs: the loss mask follows the completion."""
+    lines = [json.dumps({"id": ex.id, "prompt": ex.prompt, "completion": ex.messages[-1:]}, ensure_ascii=False)
+             for ex in examples]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # lines reach the notebook as they are printed
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def stream(command: list[str], log, echo: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run `command` in its own process group; each line (or carriage-return update) goes to echo and log."""
+    tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(),
+                               start_new_session=True)
+    pending = b""
+    try:
+        while chunk := os.read(process.stdout.fileno(), 65536):
+            pending += chunk
+            *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", errors="replace")
+                if line.strip():
+                    log.write(line + "\n")
+                    tail.append(line)
+                    echo(line)
+            log.flush()
+        if pending.strip():
+            line = pending.decode("utf-8", errors="replace")
+            log.write(line + "\n")
+            tail.append(line)
+            echo(line)
+        return process.wait(), list(tail)
+    except BaseException:
+        # Interrupting the cell stops every training process, not only torchrun itself.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+        raise
