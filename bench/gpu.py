@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def train_figures(steps: int, batch_size: int, peak_tflops: float) -> dict:
     from transformers import AutoConfig
 
-    from sftlab import data, launch
+    from sftlab import data, train
     from sftlab.config import load_params
     from sftlab.models import resolve_model
 
@@ -38,8 +38,8 @@ def train_figures(steps: int, batch_size: int, peak_tflops: float) -> dict:
         f"train.per_device_train_batch_size={batch_size}", "train.logging_steps=5", "train.resume=never",
         "train.nproc_per_node=1"])
     examples, _ = data.load_splits(params.data, params.seed)
-    plan = launch.prepare(params, examples, model)
-    launch.run_training(plan, echo=lambda line: print(line, file=sys.stderr))
+    plan = train.prepare(params, examples, model)
+    train.run(plan, echo=lambda line: print(line, file=sys.stderr))
     summary = json.loads((plan.train_dir / "train_summary.json").read_text())
     config = AutoConfig.from_pretrained(model)
     from transformers import AutoModelForCausalLM

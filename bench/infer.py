@@ -4,7 +4,7 @@
                                     [--max-new-tokens 64] [--batch-size 16]
 
 Both sides use the same model object, prompts and generation settings (greedy): the batched side is the
-stage's own `infer.generate_rows` (length-sorted, left-padded batches), the sequential side calls the same
+stage's own `infer.stage.generate_rows` (length-sorted, left-padded batches), the sequential side calls the same
 engine with one prompt at a time. They take turns batch by batch, so a change in the machine's load
 affects both. Prints one JSON object: samples/s and generated tokens/s of each, their
 ratio, and whether the two produced the same tokens. Tokens are counted as in the stage's `n_tokens`
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from sftlab import data, infer, models
+    from sftlab.infer.stage import generate_rows
     from sftlab.config import ColumnMap
 
     # The demo file alternates Korean and English rows: the first N hold both languages.
@@ -55,8 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     for start in range(0, len(ordered), args.batch_size):
         chunk = ordered[start:start + args.batch_size]
         started = time.perf_counter()
-        for rows in infer.generate_rows(engine, chunk, settings, args.batch_size, "bench"):
-            batched.update((row["id"], row) for row in rows)
+        for rows in generate_rows(engine, chunk, settings, args.batch_size, "bench"):
+            batched.update((row.id, row) for row in rows)
         batched_s += time.perf_counter() - started
         started = time.perf_counter()
         for e in chunk:
@@ -64,9 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
         sequential_s += time.perf_counter() - started
     load_after = os.getloadavg()[0]
 
-    batched_tokens = sum(row["n_tokens"] for row in batched.values())
+    batched_tokens = sum(row.n_tokens for row in batched.values())
     sequential_tokens = sum(len(g.token_ids) for g in sequential.values())
-    same = sum(batched[e.id]["output"] == sequential[e.id].text for e in examples)
+    same = sum(batched[e.id].output == sequential[e.id].text for e in examples)
     result = {
         "model": args.model,
         "prompts": len(examples),

@@ -22,10 +22,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from judge_server import FakeJudgeServer  # noqa: E402
 
+from sftlab.metrics import METRICS  # noqa: E402
+from sftlab.paths import ExperimentLayout  # noqa: E402
+
 
 def write_generations(outputs: Path, experiment: str, rows: int) -> None:
     samples = [json.loads(line) for line in (ROOT / "data" / "demo" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
-    folder = outputs / experiment / "generations"
+    folder = ExperimentLayout(outputs / experiment).generations
     folder.mkdir(parents=True)
     with (folder / "base.jsonl").open("w", encoding="utf-8") as f:
         for i in range(rows):
@@ -33,8 +36,9 @@ def write_generations(outputs: Path, experiment: str, rows: int) -> None:
             f.write(json.dumps({
                 "id": f"{sample['id']}-{i}", "checkpoint": "base",
                 "prompt": [{"role": "user", "content": sample["question"]}], "reference": sample["answer"],
-                "output": f"{sample['answer']} ({i})", "finish_reason": "eos", "eos_terminated": True,
-                "seq_rep_4": 0.0, "length_ratio": 1.0, "meta": {"lang": sample["lang"]},
+                "output": f"{sample['answer']} ({i})", "n_tokens": 12, "finish_reason": "eos",
+                "eos_terminated": True, **{metric: 0.0 for metric in METRICS}, "length_ratio": 1.0,
+                "meta": {"lang": sample["lang"]},
             }, ensure_ascii=False) + "\n")
 
 
@@ -46,7 +50,7 @@ def timed_run(server: FakeJudgeServer, experiment: str, concurrency: int) -> dic
         "concurrency": concurrency, "timeout_s": 30.0, "max_retries": 0}})
     server.reset_counts()
     started = time.perf_counter()
-    summary = judge.run(params, progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
     seconds = time.perf_counter() - started
     return {"params": params, "judged": summary.judged, "seconds": round(seconds, 3),
             "judgments_per_s": round(summary.judged / seconds, 2), "requests": server.request_count,

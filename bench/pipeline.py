@@ -5,7 +5,7 @@
 1. Stage wall times: read from the status file that `make demo` (`sftlab run params/demo.yaml`) wrote.
 2. Papermill overhead: the demo's infer stage (base model + every demo checkpoint) run twice over the same
    checkpoints, each time in a fresh process and a fresh outputs folder: once as a direct library call
-   (`infer.run_inference`), once through the runner (papermill on the `sftlab` kernel, then the HTML
+   (`infer.run(infer.plan(params))`), once through the runner (papermill on this checkout's kernel, then the HTML
    reports and the index). Alternating runs; the medians are compared: overhead = papermill / direct - 1.
 Prints one JSON object.
 """
@@ -22,12 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from sftlab.paths import ExperimentLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 DIRECT = """
 from sftlab import config, infer
 params = config.load_params({params!r}, ["experiment={experiment}"])
 config.write_resolved(params)
-infer.run_inference(params, echo=lambda line: None)
+infer.run(infer.plan(params), echo=lambda line: None)
 """
 
 
@@ -47,8 +49,9 @@ def papermill_overhead(repeats: int, train_dir: Path) -> dict:
             order = ["direct", "papermill"] if repeat % 2 == 0 else ["papermill", "direct"]
             for way in order:
                 experiment = f"pipeline-{way}-{repeat}"
-                (Path(outputs) / experiment).mkdir(parents=True)
-                (Path(outputs) / experiment / "train").symlink_to(train_dir)  # the demo's checkpoints
+                layout = ExperimentLayout(Path(outputs) / experiment)
+                layout.root.mkdir(parents=True)
+                layout.train.symlink_to(train_dir)  # the demo's checkpoints
                 if way == "direct":
                     code = DIRECT.format(params=str(ROOT / "params" / "demo.yaml"), experiment=experiment)
                     command = [python, "-c", code]
@@ -74,7 +77,7 @@ def main() -> None:
         sys.exit(f"{status_file}: no demo run to read; run `make demo` first")
     status = json.loads(status_file.read_text(encoding="utf-8"))
     stages = {name: info.get("seconds") for name, info in status.get("stages", {}).items()}
-    train_dir = status_file.parent / "train"
+    train_dir = ExperimentLayout(status_file.parent).train
     report = {"bench": "pipeline", "demo_stage_seconds": stages,
               "demo_total_seconds": round(sum(v for v in stages.values() if v), 1),
               "papermill_vs_direct": papermill_overhead(args.repeats, train_dir.resolve())}

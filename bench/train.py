@@ -29,7 +29,7 @@ ORIGIN_STYLE = ["train.train_sampling_strategy=random", "train.packing=false"]
 
 
 def run_once(name: str, overrides: list[str], steps: int, batch_size: int, model: str) -> dict:
-    from sftlab import data, launch
+    from sftlab import data, train
     from sftlab.config import load_params
     from sftlab.models import resolve_model
 
@@ -43,8 +43,8 @@ def run_once(name: str, overrides: list[str], steps: int, batch_size: int, model
               "train.logging_steps=1", "train.resume=never", f"data.train={rows}"]
     params = load_params(ROOT / "params" / "demo.yaml", common + overrides)
     examples, _ = data.load_splits(params.data, params.seed)
-    plan = launch.prepare(params, examples, resolve_model(model))
-    launch.run_training(plan, echo=lambda line: None)
+    plan = train.prepare(params, examples, resolve_model(model))
+    train.run(plan, echo=lambda line: None)
     summary = json.loads((plan.train_dir / "train_summary.json").read_text())
     summary["sampling"] = yaml.safe_load(plan.config_path.read_text()).get("train_sampling_strategy", "random")
     return summary
