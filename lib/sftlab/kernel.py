@@ -103,7 +103,11 @@ def install() -> tuple[str, bool]:
         return kernel, False
     from ipykernel.kernelspec import install as install_kernelspec
 
-    install_kernelspec(user=True, kernel_name=kernel, display_name=display_name())
+    try:
+        install_kernelspec(user=True, kernel_name=kernel, display_name=display_name())
+    except OSError as e:
+        raise KernelError(f"Could not register the Jupyter kernel '{kernel}' in {kernel_json.parent}: {e}. Make that "
+                          f"folder writable, or set JUPYTER_DATA_DIR to a writable folder, and run `make setup`.") from None
     return kernel, True
 
 
@@ -179,8 +183,9 @@ def _checkout_of(folder: Path) -> Path | None:
 def check_checkout() -> Path:
     """In a kernel: raise `KernelError` if `sftlab` is imported from another folder than expected; return
     the folder it is imported from. Expected: `$SFTLAB_EXPECT_PACKAGE` (set by the runner for its kernels);
-    without it (a notebook opened by hand), the checkout that holds the working directory, unless
-    SFTLAB_ROOT names the root explicitly. Nothing is expected outside any checkout."""
+    without it (a notebook opened by hand, whose kernel starts in the notebook's folder), the checkout that
+    holds the working directory, unless SFTLAB_ROOT names the root explicitly. Nothing is checked when the
+    working directory or the imported package is outside any checkout."""
     here = package_dir()
     expected = os.environ.get(EXPECT_PACKAGE_ENV)
     if expected:
@@ -191,8 +196,8 @@ def check_checkout() -> Path:
                 f"Run the checkout's own command (<checkout>/.venv/bin/sftlab), whose kernel is its own."
             )
         return here
-    checkout = _checkout_of(Path.cwd().resolve())
-    if checkout and "SFTLAB_ROOT" not in os.environ and checkout != paths.PACKAGE_ROOT:
+    checkout, imported = _checkout_of(Path.cwd().resolve()), _checkout_of(here)
+    if checkout and imported and checkout != imported and "SFTLAB_ROOT" not in os.environ:
         raise KernelError(
             f"This notebook is in the checkout {checkout}, but its kernel ({sys.executable}) imports sftlab from "
             f"{here}: it would run that other checkout's code and write into its outputs. Choose the kernel "

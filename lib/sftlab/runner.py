@@ -150,8 +150,8 @@ def run_stage(
     run_dir = _new_run_dir(layout, stage, started)
     write_resolved(params, run_dir)
     executed = run_dir / f"{stage}.ipynb"
-    entry = {"status": RUNNING, "started": _iso(started), "params_file": str(params_file) if params_file else None,
-             "run": run_dir.relative_to(layout.root).as_posix()}
+    entry = {"status": RUNNING, "started": _iso(started), "finished": None, "seconds": None, "error": None,
+             "params_file": str(params_file) if params_file else None, "run": run_dir.relative_to(layout.root).as_posix()}
     _record(layout, stage, entry, kernel)
     reports.build_index()
     log.info("[%s] stage %s: %s -> %s (kernel %s)", params.experiment, stage, source, executed, kernel)
