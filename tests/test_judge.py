@@ -456,7 +456,8 @@ def test_the_notebook_judges_shows_errors_and_never_writes_the_key(outputs, serv
 
     runner.run(params_file, stages=["judge"])
 
-    executed = nbformat.read(outputs / EXPERIMENT / "notebooks" / "judge.ipynb", as_version=4)
+    [executed] = (outputs / EXPERIMENT / "runs").glob("*-judge/judge.ipynb")  # the run's record
+    executed = nbformat.read(executed, as_version=4)
     text = json.dumps([c.get("outputs", []) for c in executed.cells], ensure_ascii=False)
     assert "Scores by an LLM judge" in text and "gpt-4o-mini" in text
     assert "the judge refused" in text and "I'm sorry, I can't help with that." in text  # the error row, raw text
