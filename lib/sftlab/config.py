@@ -46,7 +46,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: sftlab.models.inference_dtype / training_dtype
+DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: see sftlab.models.weights_dtype
 
 
 class ModelParams(_Section):

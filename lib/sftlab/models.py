@@ -168,9 +168,15 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted({end_of_turn_token_id(tokenizer), tokenizer.eos_token_id} - {None})
 
 
-def inference_dtype(dtype: str, device: str | None = None) -> str:
-    """The weights dtype to generate with: `auto` is bf16 on a GPU and fp32 on the CPU (where bf16 is
-    slow and fp32 keeps batched greedy output equal to one-at-a-time output)."""
+def weights_dtype(dtype: str, training: bool = False, device: str | None = None) -> str:
+    """The dtype policy, in one place: the weights dtype for `model.dtype`.
+
+    Inference: `auto` is bf16 on a GPU and fp32 on the CPU (where bf16 is slow, and fp32 keeps batched
+    greedy output equal to one-at-a-time output). Training: fp32 master weights unless bf16/fp16 weights
+    are asked for explicitly; mixed precision is the trainer's `bf16`/`fp16` switch, not this.
+    """
+    if training:
+        return dtype if dtype in ("bfloat16", "float16") else "float32"
     if dtype != "auto":
         return dtype
     if device is None:
@@ -178,12 +184,6 @@ def inference_dtype(dtype: str, device: str | None = None) -> str:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return "bfloat16" if device.startswith("cuda") else "float32"
-
-
-def training_dtype(dtype: str) -> str:
-    """The weights dtype to train in: fp32 master weights unless the params ask for bf16/fp16 weights
-    (mixed precision is the trainer's `bf16`/`fp16` switch, not this)."""
-    return dtype if dtype in ("bfloat16", "float16") else "float32"
 
 
 def load_tokenizer(name_or_path: str):
@@ -198,7 +198,7 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None
     from transformers import AutoModelForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = inference_dtype(dtype, device)
+    dtype = weights_dtype(dtype, device=device)
     path = resolve_model(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

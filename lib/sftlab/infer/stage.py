@@ -131,7 +131,7 @@ def plan(params: Params) -> Plan:
         model_path = models.resolve_model(target.path)
         fingerprint = {"model": target.path if target.name == BASE else target.name,
                        "weights": _weights_fingerprint(model_path),
-                       "dtype": models.inference_dtype(params.model.dtype), "settings": settings.fingerprint()}
+                       "dtype": models.weights_dtype(params.model.dtype), "settings": settings.fingerprint()}
         stale = store.is_stale(path, fingerprint)
         done = set() if stale else store.written_ids(path)
         result.jobs.append(Job(Target(target.name, model_path), path, fingerprint, stale,

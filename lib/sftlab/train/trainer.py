@@ -48,7 +48,7 @@ class ScriptArguments:
     pad_token: str = field(default="eos", metadata={"help": "eos | add | a token of the vocabulary"})
     use_reentrant: bool = field(default=False, metadata={"help": "gradient_checkpointing_kwargs use_reentrant"})
     resume: str = field(default="auto", metadata={"help": "auto (newest complete checkpoint) | never | a path"})
-    dtype: DType = field(default="auto", metadata={"help": "model.dtype; weights dtype by models.training_dtype"})
+    dtype: DType = field(default="auto", metadata={"help": "model.dtype; weights dtype by models.weights_dtype"})
 
 
 @dataclass
@@ -101,7 +101,7 @@ def load_tokenizer_and_model(script_args: ScriptArguments, training_args, weight
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
-    dtype = getattr(torch, models.training_dtype(script_args.dtype))
+    dtype = getattr(torch, models.weights_dtype(script_args.dtype, training=True))
     if weights:
         model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, dtype=dtype)
     else:
