@@ -75,18 +75,26 @@ def is_this_checkouts_install(entry: Path) -> bool:
     return name.endswith(".pth") and str(ROOT) in entry.read_text(encoding="utf-8", errors="replace")
 
 
+def link_copy(source: Path, target: Path) -> None:
+    """`source`'s contents into the folder `target` as hard links (no data copied), or as symbolic links
+    where the two are on different file systems."""
+    same_device = os.stat(source).st_dev == os.stat(target).st_dev
+    subprocess.run(["cp", "-al" if same_device else "-as", f"{source}/.", str(target)], check=True)
+
+
 def seed_venv(checkout: Path) -> None:
     venv = checkout / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = Path(sysconfig.get_paths()["purelib"])
     copy_site = venv / site.relative_to(sys.prefix)
-    subprocess.run(["cp", "-al", f"{site}/.", str(copy_site)], check=True)
+    link_copy(site, copy_site)
     for entry in copy_site.iterdir():
         if is_this_checkouts_install(entry):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     for data in ("share", "etc"):  # Jupyter's data files: nbconvert's HTML templates, kernel resources
         if (Path(sys.prefix) / data).is_dir():
-            subprocess.run(["cp", "-al", str(Path(sys.prefix) / data), str(venv)], check=True)
+            (venv / data).mkdir(exist_ok=True)
+            link_copy(Path(sys.prefix) / data, venv / data)
 
 
 def make_setup(checkout: Checkout) -> subprocess.CompletedProcess:
