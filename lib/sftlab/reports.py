@@ -47,6 +47,7 @@ def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
 
 
 def publish_latest(pages: list[Path], reports_dir: Path, stage: str) -> None:
+    """Copy a run's rendered pages into reports/ as the stage's latest; remove older pages it has no copy of."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     for stale in (reports_dir / f"{stage}.html", reports_dir / f"{stage}.no-input.html"):
         if not any(page.name == stale.name for page in pages):
