@@ -4,6 +4,7 @@ and their fallback, every fault mode, retries, budget, cache and resume, secrets
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import time
@@ -249,7 +250,8 @@ def test_without_structured_outputs_the_judge_asks_for_json_in_the_prompt(output
 def test_an_explicit_structured_mode_does_not_fall_back(outputs, server, key):
     rows = prepare(outputs)
     server.add_fault("reject_response_format")
-    judge.run(judge.plan(make_params(server, structured="json_schema")), progress=False)
+    with pytest.raises(judge.JudgeFailed, match=rf"{rows}/{rows} rows failed — HTTP 400"):  # all failed
+        judge.run(judge.plan(make_params(server, structured="json_schema")), progress=False)
     frame = judge.load_judgments(make_params(server))
     assert set(frame["status"]) == {"error"} and frame["error"].str.contains("HTTP 400").all()
     server.reset_counts()
@@ -356,6 +358,61 @@ def test_a_rejected_key_stops_the_run_and_never_leaks(outputs, server, key):
     assert files_containing(outputs, KEY) == []
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting is refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_endpoint_trips_the_breaker_in_seconds_and_a_rerun_resumes(outputs, server, key):
+    rows = prepare(outputs)
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    params = make_params(None, base_url=dead, concurrency=2, max_retries=5, backoff_base_s=0.2, backoff_max_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(judge.JudgeStopped) as stopped:
+        judge.run(judge.plan(params), progress=False)
+    assert time.monotonic() - started < 10  # not rows x retries x backoff
+    message = str(stopped.value)
+    assert f"the judge endpoint {dead} is unreachable" in message and "connection failed" in message
+    assert "--set judge.backend=reference" in message and "proxy" in message
+    frame = judge.load_judgments(params)
+    assert len(frame) == rows and set(frame["status"]) <= {"error", "not_judged"}  # every row written, none lost
+    assert (frame["status"] == "not_judged").sum() >= rows - 3  # the rest were never sent
+
+    summary = judge.run(judge.plan(make_params(server)), progress=False)  # the endpoint is back: a re-run resumes
+    assert summary.judged == rows and server.request_count == rows
+
+
+def test_a_live_endpoint_that_drops_connections_is_retried_not_tripped(outputs, server, key):
+    rows = prepare(outputs)
+    server.add_fault("drop", times=5)  # the connection is made, then dropped: the endpoint is there
+    summary = judge.run(judge.plan(make_params(server, concurrency=1, max_retries=6)), progress=False)
+    assert summary.judged == rows and summary.stopped is None
+
+
+def test_a_run_where_every_row_fails_raises_after_writing_them_and_says_why(outputs, server, key):
+    rows = prepare(outputs)
+    server.add_fault("refusal")
+    params = make_params(server)
+    with pytest.raises(judge.JudgeFailed, match=rf"judge: {rows}/{rows} rows failed — the judge refused"):
+        judge.run(judge.plan(params), progress=False)
+    assert len(judge.load_judgments(params)) == rows
+    server.clear_faults()
+    summary = judge.run(judge.plan(params), progress=False)
+    assert summary.judged == rows and summary.failure_line() is None
+
+
+def test_a_partial_failure_is_a_line_nobody_can_miss(outputs, server, key):
+    rows = prepare(outputs, faulty=1)
+    server.add_fault("refusal", match=MARK)
+    summary = judge.run(judge.plan(make_params(server)), progress=False)
+    assert summary.failure_line() == f"judge: 1/{rows} rows failed — the judge refused: I'm sorry, I can't help with that."
+    assert summary.failure_line() in str(summary)
+
+
 def test_the_openai_backend_without_a_key_or_endpoint_says_what_to_set(outputs, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     prepare(outputs, n=1)
@@ -369,6 +426,10 @@ def test_auto_picks_openai_only_when_an_endpoint_is_configured(monkeypatch):
     assert judge.resolve_backend(make_params(None, backend="auto", base_url="http://127.0.0.1:9/v1").judge) == "openai"
     monkeypatch.setenv(KEY_ENV, KEY)
     assert judge.resolve_backend(make_params(None, backend="auto").judge) == "openai"
+    backend, why = judge.backend_choice(make_params(None, backend="auto").judge)
+    assert backend == "openai" and f"${KEY_ENV} is set" in why and "cost money" in why
+    assert judge.backend_choice(make_params(None, backend="reference").judge) == (
+        "reference", "judge.backend is reference")
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,3 +527,28 @@ def test_the_notebook_judges_shows_errors_and_never_writes_the_key(outputs, serv
     assert len(judge.load_judgments(make_params(server))) == rows
     assert (outputs / EXPERIMENT / "reports" / "judge.html").exists()
     assert files_containing(outputs, KEY) == []
+    # One refused row: the stage is not plain `done`, and the report and the index say why.
+    failure = f"judge: 1/{rows} rows failed — the judge refused"
+    status = json.loads((outputs / EXPERIMENT / "status.json").read_text(encoding="utf-8"))["stages"]["judge"]
+    assert status["status"] == "done with errors" and status["problems"][0].startswith(failure)
+    assert failure in text
+    index = (outputs / "index.html").read_text(encoding="utf-8")
+    assert 'class="done-with-errors"' in index and html.escape(failure) in index
+
+
+@pytest.mark.slow
+def test_a_dead_endpoint_fails_the_run_fast_and_the_index_says_so(tmp_path, outputs, key):
+    from sftlab import cli
+
+    prepare(outputs)
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    params_file = tmp_path / "dead.yaml"
+    params_file.write_text(yaml.safe_dump({"experiment": EXPERIMENT, "judge": {
+        "backend": "openai", "base_url": dead, "api_key_env": KEY_ENV}}), encoding="utf-8")
+    started = time.monotonic()
+    assert cli.main(["run", str(params_file), "--stages", "judge"]) == 1  # non-zero: nothing was judged
+    assert time.monotonic() - started < 30
+    status = json.loads((outputs / EXPERIMENT / "status.json").read_text(encoding="utf-8"))["stages"]["judge"]
+    assert status["status"] == "failed" and f"{dead} is unreachable" in status["error"]
+    index = (outputs / "index.html").read_text(encoding="utf-8")
+    assert "judge failed" in index and "is unreachable" in index

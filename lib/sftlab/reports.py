@@ -107,9 +107,26 @@ def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
                 text += _history(outputs, layout, stage, info["history"])
             title = f' title="{html.escape(info["error"])}"' if info.get("error") else ""
             cells.append(f'<td class="{status_class(state)}"{title}>{text}</td>')
-        cells.append(f"<td>{_headline(layout)}</td>")
+        cells.append(f"<td>{_problems(status, stages)}{_headline(layout)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return rows
+
+
+def _problems(status: dict, stages: tuple[str, ...]) -> str:
+    """What went wrong in each stage's latest run, first in the headline: a failed stage's error, or the
+    problems a finished stage noted (e.g. "judge: 160/160 rows failed — connection failed: ...")."""
+    lines = []
+    for stage in stages:
+        info = status.get("stages", {}).get(stage) or {}
+        if info.get("status") == "failed" and info.get("error"):
+            lines.append(f"{stage} failed: {info['error']}")
+        lines += info.get("problems") or []
+    return "".join(f'<div class="problem">{html.escape(_shorten(line))}</div>' for line in lines)
+
+
+def _shorten(text: str, limit: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _headline(layout: paths.ExperimentLayout) -> str:
@@ -134,7 +151,8 @@ body {{ font-family: system-ui, "Noto Sans KR", "Apple SD Gothic Neo", sans-seri
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: left; }}
 td {{ white-space: nowrap; vertical-align: top; }} details {{ font-size: .85em; }} ol {{ margin: .2em 0; }}
 .done {{ background: #e6f4e6; }} .failed {{ background: #fbe3e3; }} .running {{ background: #fff5d6; }}
-.not-run {{ color: #999; }}
+.not-run {{ color: #999; }} .done-with-errors {{ background: #fde9cf; }}
+.problem {{ color: #a40000; font-weight: bold; white-space: normal; max-width: 50em; }}
 </style></head><body>
 <h1>sftlab experiments</h1>
 <table><tr>{header}</tr>

@@ -43,15 +43,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sftlab import kernel as sftlab_kernel
-from sftlab import paths, reports
+from sftlab import paths, record, reports
 from sftlab.config import Params, apply_overrides, atomic_write_text, load_params, read_yaml, validate, write_resolved
 
 STAGES = ("train", "infer", "judge", "score")
 STUDY_FILE = "_study.yaml"  # optional settings of a study folder's joint score (not an experiment)
 KERNEL_ENV = "SFTLAB_KERNEL"  # a kernel name to use instead of this environment's own
-RUN_ENV = "SFTLAB_RUN"  # the run folder, for the stage code in the kernel
+RUN_ENV = record.RUN_ENV  # the run folder, for the stage code in the kernel (sftlab.record)
 # A stage run's status. The index shows any string (its CSS class is derived from it).
 RUNNING, DONE, FAILED = "running", "done", "failed"
+DONE_WITH_ERRORS = "done with errors"  # the notebook ran through, but the stage noted problems (sftlab.record)
 
 log = logging.getLogger("sftlab.runner")
 
@@ -155,6 +156,10 @@ def run_stage(
     _record(layout, stage, entry, kernel)
     reports.build_index()
     log.info("[%s] stage %s: %s -> %s (kernel %s)", params.experiment, stage, source, executed, kernel)
+    if stage == "judge":  # say which judge before anything is sent, and why (an API judge costs money)
+        from sftlab.judge import backend_choice
+
+        log.info("[%s] judge: %s, because %s", params.experiment, *backend_choice(params.judge))
     error = None
     try:
         with _environment({RUN_ENV: str(run_dir), sftlab_kernel.EXPECT_PACKAGE_ENV: str(sftlab_kernel.package_dir())}):
@@ -175,8 +180,10 @@ def run_stage(
 
     pages = reports.render_notebook(executed, run_dir) if executed.exists() else []
     reports.publish_latest(pages, layout.reports, stage)
-    entry.update(status=FAILED if error else DONE, finished=_iso(finished), seconds=round(finished - started, 1),
-                 error=error)
+    problems = record.read_problems(run_dir)
+    status = FAILED if error else DONE_WITH_ERRORS if problems else DONE
+    entry.update(status=status, finished=_iso(finished), seconds=round(finished - started, 1), error=error,
+                 problems=problems or None)
     _record(layout, stage, entry, kernel)
     reports.build_index()
     if error:

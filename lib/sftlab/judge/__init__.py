@@ -18,11 +18,11 @@ from sftlab.config import Params
 from sftlab.judge import store
 from sftlab.judge.api import JudgeConfigError
 from sftlab.judge.rubric import InvalidJudgment, Rubric, RubricError, load_rubric
-from sftlab.judge.stage import (GenerationsError, JudgeStopped, Plan, Summary, judgment_key, plan, resolve_backend,
-                                run, run_sync)
+from sftlab.judge.stage import (GenerationsError, JudgeFailed, JudgeStopped, Plan, Summary, backend_choice,
+                                judgment_key, plan, resolve_backend, run, run_sync)
 from sftlab.judge.store import JudgmentRow, JudgmentsError
 
-__all__ = ["GenerationsError", "InvalidJudgment", "JudgeConfigError", "JudgeStopped", "JudgmentRow", "JudgmentsError",
+__all__ = ["GenerationsError", "InvalidJudgment", "JudgeConfigError", "JudgeFailed", "JudgeStopped", "backend_choice", "JudgmentRow", "JudgmentsError",
            "Plan", "Rubric", "RubricError", "Summary", "judgment_key", "load_judgments", "load_rubric", "plan",
            "resolve_backend", "run", "run_sync"]
 

@@ -20,6 +20,14 @@ new judgment starts (those in flight finish, so the overshoot is at most `concur
 and the rest come back `not_judged`. A rejected key (401/403), an unknown model (404) or an exhausted
 quota stops the run the same way, with `fatal` set.
 
+A circuit breaker tells a dead endpoint from a busy one. Connection-level failures — the name does not
+resolve, the connection is refused or times out while connecting, TLS fails — before the endpoint has
+ever answered mean it is unreachable: after `BREAKER_FAILURES` of them (counted over every request, so
+the first wave of concurrent requests trips it at once) nothing more is sent, `unreachable` says why
+and how to fix it, and the run stops with `fatal` set — within seconds, not after every row's retries.
+Once the endpoint has answered anything, the same failures are transient and retried with backoff.
+Connecting may take at most `CONNECT_TIMEOUT_S` (or `timeout_s`, if shorter).
+
 The key is read from os.environ[judge.api_key_env] when the run starts, handed to the client, and
 scrubbed from every error text this module produces.
 """
@@ -42,6 +50,9 @@ from sftlab.judge import cost
 from sftlab.judge.rubric import InvalidJudgment, Mode, Rubric
 
 MODES: tuple[Mode, ...] = ("json_schema", "json_object", "prompt")
+BREAKER_FAILURES = 3  # connection-level failures, with no answer ever, that mean the endpoint is down
+CONNECT_TIMEOUT_S = 10.0  # a host that takes longer to accept a connection is treated as unreachable
+OPENAI_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 429}
 REPAIR_PROMPT = ("Your reply is not a valid evaluation: {error}\n"
                  "Reply again with only the corrected JSON object, following the schema and the criteria.")
@@ -108,6 +119,9 @@ class OpenAIJudge:
     spent_usd: float = 0.0
     stopped: str | None = None  # why no new judgment starts (budget, fatal error)
     fatal: bool = False
+    unreachable: str | None = None  # set when the circuit breaker trips: the endpoint never answered
+    responses: int = 0  # HTTP responses received (any status): the endpoint is alive
+    connect_failures: int = 0
     mode_counts: dict[str, int] = field(default_factory=dict)
     _mode: Mode = "json_schema"
     _secret: str | None = None
@@ -135,7 +149,8 @@ class OpenAIJudge:
                 f"(or judge.base_url for a server that needs none, or judge.backend: reference)")
         client = openai.AsyncOpenAI(
             api_key=self._secret or "no-key",  # local compatible servers ignore it; the SDK wants one
-            base_url=p.base_url, max_retries=0, timeout=p.timeout_s)
+            base_url=p.base_url, max_retries=0,
+            timeout=openai.Timeout(p.timeout_s, connect=min(p.timeout_s, CONNECT_TIMEOUT_S)))
         slots = asyncio.Semaphore(p.concurrency)
 
         async def one(job: Job) -> None:
@@ -227,18 +242,24 @@ class OpenAIJudge:
         elif mode == "json_object":
             request["response_format"] = {"type": "json_object"}
         for attempt in range(p.max_retries + 1):
+            if self.unreachable:  # tripped by another request meanwhile: send nothing more
+                raise _Fatal(self.unreachable)
             tally.requests += 1
             self.requests += 1
             try:
                 completion = await client.chat.completions.create(**request)
+                self.responses += 1
                 tally.add(completion)
                 return completion
             except openai.APIStatusError as e:
+                self.responses += 1
                 _raise_if_fatal(e, p)
                 if e.status_code not in RETRY_STATUS and e.status_code < 500:
                     raise  # 400 and friends: the caller decides (fallback, or an error row)
                 error: Exception = e
             except openai.APIConnectionError as e:  # timeouts and dropped connections
+                if _connection_level(e) and not self.responses:
+                    self._count_connect_failure(e)
                 error = e
             except (openai.APIResponseValidationError, ValueError) as e:  # a body that is not JSON
                 error = e
@@ -246,6 +267,20 @@ class OpenAIJudge:
                 raise _GaveUp(f"{_describe(error)} (gave up after {attempt + 1} attempts)")
             await asyncio.sleep(self._delay(attempt, error))
         raise AssertionError("unreachable")
+
+    def _count_connect_failure(self, error: Exception) -> None:
+        """The circuit breaker: enough connection-level failures and no answer ever -> unreachable."""
+        self.connect_failures += 1
+        if self.connect_failures >= BREAKER_FAILURES and not self.unreachable:
+            url = self.params.base_url or OPENAI_URL
+            self.unreachable = self._redact(
+                f"the judge endpoint {url} is unreachable ({_describe(error)}; {self.connect_failures} "
+                f"connection attempts failed and none was ever answered). Nothing more is sent; rows judged "
+                f"so far are kept and a re-run resumes. Fix: judge offline with --set judge.backend=reference, "
+                f"or check the network and proxy (HTTPS_PROXY) and judge.base_url")
+            self.stopped, self.fatal = self.unreachable, True
+        if self.unreachable:
+            raise _Fatal(self.unreachable)
 
     def _delay(self, attempt: int, error: Exception) -> float:
         p = self.params
@@ -301,6 +336,17 @@ def _retry_after(error: Exception) -> float | None:
     except (TypeError, ValueError):
         return None
     return None
+
+
+def _connection_level(error: Exception) -> bool:
+    """A failure to connect at all (DNS, refused, connect timeout, TLS), as opposed to a connection that
+    was made and then dropped, or a read that timed out on a live server."""
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if type(cause).__name__ in ("ConnectError", "ConnectTimeout"):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _describe(error: Exception) -> str:

@@ -13,8 +13,13 @@ of a finished stage sends nothing, and a re-run after failures sends requests fo
 
 Also writes `judge/summary.json` (backend, model, counts, requests, cost). Raises `GenerationsError`
 for missing or malformed generations (file, line, field), `JudgeConfigError` when the backend cannot
-start, and `JudgeStopped` after writing every row when the endpoint refused to serve at all (bad key,
-unknown model) — a budget stop is not an error.
+start, `JudgeStopped` after writing every row when the endpoint refused to serve at all (bad key,
+unknown model, unreachable: see the circuit breaker in sftlab.judge.api), and `JudgeFailed` after
+writing every row when not one row of the run could be judged. A budget stop is not an error.
+
+Failures nobody can miss: when any row of the run failed, `Summary.failure_line()` says how many and
+why ("judge: 160/160 rows failed — connection failed: ..."), the notebook shows it, and it is noted in
+the run record (sftlab.record), so the stage's status is `done with errors` and the index says so.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab import paths
+from sftlab import record as run_record
 from sftlab.config import JudgeParams, Params, atomic_write_text
 from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
 from sftlab.judge import cost, reference, store
@@ -38,10 +44,15 @@ from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
 from sftlab.judge.rubric import Rubric, load_rubric
 from sftlab.judge.store import JudgmentRow
 
-__all__ = ["GenerationsError", "JudgeConfigError", "JudgeStopped", "Plan", "Summary", "plan", "run"]
+__all__ = ["GenerationsError", "JudgeConfigError", "JudgeFailed", "JudgeStopped", "Plan", "Summary", "plan", "run"]
 
 class JudgeStopped(RuntimeError):
-    """The endpoint refused every request (bad key, unknown model, no quota); rows were still written."""
+    """The endpoint refused every request (bad key, unknown model, no quota) or cannot be reached; rows
+    were still written."""
+
+
+class JudgeFailed(RuntimeError):
+    """Every row of the run failed; the rows (with their errors) were still written."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,11 +60,21 @@ class JudgeStopped(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_backend(judge: JudgeParams) -> str:
-    """auto -> openai when an endpoint is configured (base_url, or the key's variable is set)."""
+def backend_choice(judge: JudgeParams) -> tuple[str, str]:
+    """(backend, why): auto -> openai when an endpoint is configured (base_url, or the key's variable is
+    set), else the offline reference judge. The reason is shown before anything is sent."""
     if judge.backend != "auto":
-        return judge.backend
-    return "openai" if judge.base_url or os.environ.get(judge.api_key_env) else "reference"
+        return judge.backend, f"judge.backend is {judge.backend}"
+    if judge.base_url:
+        return "openai", f"judge.backend is auto and judge.base_url is set ({judge.base_url})"
+    if os.environ.get(judge.api_key_env):
+        return "openai", (f"judge.backend is auto and ${judge.api_key_env} is set (requests go to OpenAI and "
+                          f"cost money; --set judge.backend=reference judges offline)")
+    return "reference", f"judge.backend is auto, with no judge.base_url and no ${judge.api_key_env}"
+
+
+def resolve_backend(judge: JudgeParams) -> str:
+    return backend_choice(judge)[0]
 
 
 def rubric_path(judge: JudgeParams, row: GenerationRow) -> str:
@@ -80,6 +101,7 @@ class Item:
 class Plan:
     params: Params
     backend: str  # openai | reference
+    reason: str  # why this backend (backend_choice)
     model: str  # the judge model: an API model name, or reference-v1+<tokenizer>
     rubrics: dict[str, Rubric]  # path -> rubric, those in use
     items: list[Item]
@@ -120,7 +142,7 @@ class Plan:
 def plan(params: Params) -> Plan:
     """Sort every generation row into up to date / from cache / to judge. Sends nothing."""
     judge = params.judge
-    backend = resolve_backend(judge)
+    backend, reason = backend_choice(judge)
     model = reference.judge_model() if backend == "reference" else judge.model
     rows = read_generations(params.layout.generations)
     rubrics: dict[str, Rubric] = {}
@@ -131,7 +153,7 @@ def plan(params: Params) -> Plan:
             if backend == "reference":
                 reference.check_rubric(rubrics[path], str(paths.resolve(path)))
     identity = f"{backend}:{model}"
-    result = Plan(params, backend, model, rubrics, items=[])
+    result = Plan(params, backend, reason, model, rubrics, items=[])
     folder = params.layout.judge
     latest = store.latest_rows(folder)
     cache = store.judged_by_key(folder)
@@ -169,6 +191,20 @@ class Summary:
     stopped: str | None = None
     structured: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    error_counts: dict[str, int] = field(default_factory=dict)  # error text -> rows, this run
+
+    def failure_line(self) -> str | None:
+        """"judge: 160/160 rows failed — connection failed: ..." when any row of this run failed, else None."""
+        if not self.errors and not self.not_judged:
+            return None
+        parts = []
+        if self.errors:
+            parts.append(f"{self.errors}/{self.rows} rows failed")
+        if self.not_judged:
+            parts.append(f"{self.not_judged}/{self.rows} rows not judged")
+        reason = max(self.error_counts, key=self.error_counts.get) if self.error_counts else self.stopped or ""
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        return f"judge: {', '.join(parts)}" + (f" — {reason}" if reason else "")
 
     def __str__(self) -> str:
         cost_text = "unknown (no price for this model)" if self.cost_usd is None else f"${self.cost_usd:.4f}"
@@ -180,6 +216,8 @@ class Summary:
         ]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
+        if self.failure_line():
+            lines.append(self.failure_line())
         return "\n".join(lines)
 
 
@@ -235,6 +273,8 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                 summary.judged += outcome.status == "judged"
                 summary.errors += outcome.status == "error"
                 summary.not_judged += outcome.status == "not_judged"
+                if outcome.status != "judged" and outcome.error:
+                    summary.error_counts[outcome.error] = summary.error_counts.get(outcome.error, 0) + 1
             costs.append(outcome.cost_usd if outcome.requests else 0.0)
             bar.update(len(items))
 
@@ -254,6 +294,9 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                 if backend.fatal:
                     summary.seconds = round(time.monotonic() - started, 2)
                     _write_summary(params, planned, summary)
+                    run_record.note_problem(summary.failure_line() or backend.stopped)
+                    if backend.unreachable:
+                        raise JudgeStopped(backend.unreachable)
                     raise JudgeStopped(f"{backend.stopped}; no judgment could be made: fix the judge "
                                        f"settings and run the stage again (rows judged so far are kept)")
         finally:
@@ -261,6 +304,11 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
     summary.cost_usd = None if any(c is None for c in costs) else round(sum(costs), 6)
     summary.seconds = round(time.monotonic() - started, 2)
     _write_summary(params, planned, summary)
+    if summary.failure_line():
+        run_record.note_problem(summary.failure_line())
+        if summary.errors and not (summary.judged or summary.up_to_date or summary.from_cache):
+            raise JudgeFailed(f"{summary.failure_line()}. The rows are written with their errors (see the "
+                              f"judge report); a re-run retries them")
     return summary
 
 

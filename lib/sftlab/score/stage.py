@@ -48,6 +48,7 @@ def plan(params: Params) -> Plan:
 class Summary:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # samples, summary, differences, study
     written: list[Path] = field(default_factory=list)
+    judge_failures: dict[str, str] = field(default_factory=dict)  # experiment -> "judge: 3/40 rows failed — ..."
 
     def __str__(self) -> str:
         summary = self.tables.get("summary", pd.DataFrame())
@@ -63,14 +64,15 @@ def run(planned: Plan) -> Summary:
     summary = stats.summarize(samples, **options)
     differences = stats.paired_differences(samples, planned.baseline, **options)
     study = stats.study_table(summary, params.score.observations)
+    failures = stats.judge_failures(samples)
     out = params.layout.scores
     out.mkdir(parents=True, exist_ok=True)
     written = {"summary.csv": summary.to_csv(index=False), "differences.csv": differences.to_csv(index=False),
                "study_table.csv": study.to_csv(index=False),
-               "headline.json": json.dumps(stats.headline(summary), ensure_ascii=False, indent=2) + "\n"}
+               "headline.json": json.dumps(stats.headline(summary, failures), ensure_ascii=False, indent=2) + "\n"}
     for name, text in written.items():
         atomic_write_text(out / name, text)
     samples.drop(columns=["prompt", "meta"], errors="ignore").to_parquet(out / "per_sample.parquet", index=False)
     return Summary(tables={"samples": samples, "summary": summary, "differences": differences, "study": study},
-                   written=[out / name for name in written] + [out / "per_sample.parquet"])
+                   written=[out / name for name in written] + [out / "per_sample.parquet"], judge_failures=failures)
 

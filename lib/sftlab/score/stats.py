@@ -134,12 +134,29 @@ def _interval(row, name: str, percent: bool = False) -> str:
     return f"{value:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def headline(summary: pd.DataFrame) -> dict[str, str]:
-    """A few numbers per experiment (its last checkpoint) for outputs/index.html."""
+def judge_failures(samples: pd.DataFrame) -> dict[str, str]:
+    """Per experiment with unscored rows: "judge: 160/160 rows failed — <the most common error>"."""
+    result = {}
+    for experiment, group in samples.groupby("experiment", sort=False):
+        failed = group["judge_status"] == "error"
+        not_judged = group["judge_status"] == "not_judged"
+        if not failed.any() and not not_judged.any():
+            continue
+        parts = [f"{int(failed.sum())}/{len(group)} rows failed"] if failed.any() else []
+        parts += [f"{int(not_judged.sum())}/{len(group)} rows not judged"] if not_judged.any() else []
+        errors = group.loc[failed, "judge_error"].dropna() if "judge_error" in group else pd.Series(dtype=object)
+        reason = f" — {errors.value_counts().index[0]}" if len(errors) else ""
+        result[experiment] = f"judge: {', '.join(parts)}{reason}"
+    return result
+
+
+def headline(summary: pd.DataFrame, failures: dict[str, str] | None = None) -> dict[str, str]:
+    """A few numbers per experiment (its last checkpoint) for outputs/index.html; judge failures first."""
     result = {}
     for _, row in summary.sort_values(["experiment", "step"]).groupby("experiment").tail(1).iterrows():
         text = f"{row['checkpoint']}: EOS {row['eos_rate']:.0%}, rep-4 {row['rep_4']:.3f}"
         if "overall" in row and not pd.isna(row["overall"]):
             text += f", overall {row['overall']:.3f} [{row['overall_low']:.3f}, {row['overall_high']:.3f}]"
-        result[row["experiment"]] = f"{text} ({row['judge']})"
+        failure = (failures or {}).get(row["experiment"])
+        result[row["experiment"]] = (f"{failure}; " if failure else "") + f"{text} ({row['judge']})"
     return result

@@ -1,0 +1,43 @@
+"""What a stage notes in the record of the run that executes it (`outputs/<exp>/runs/<run>/`).
+
+    record.note_problem("judge: 160/160 rows failed — connection failed: ...")
+
+The runner exports the run's folder as SFTLAB_RUN to the kernel; a stage that finished but left
+something unscored or failed notes it here, in `problems.json`. The runner then marks the stage
+`done with errors` (not `done`) and the index shows the problem beside it. Outside a runner's kernel
+(a notebook opened by hand, a script) there is no run record and nothing is written: the notebook
+shows the problem itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PROBLEMS_FILE = "problems.json"
+RUN_ENV = "SFTLAB_RUN"
+
+
+def current_run() -> Path | None:
+    run = os.environ.get(RUN_ENV)
+    return Path(run) if run else None
+
+
+def note_problem(text: str) -> None:
+    """Add `text` to the current run's problems (once)."""
+    run = current_run()
+    if run is None or not run.is_dir():
+        return
+    problems = read_problems(run)
+    if text not in problems:
+        from sftlab.config import atomic_write_text
+
+        atomic_write_text(run / PROBLEMS_FILE, json.dumps(problems + [text], indent=2, ensure_ascii=False) + "\n")
+
+
+def read_problems(run_dir: Path) -> list[str]:
+    try:
+        return json.loads((run_dir / PROBLEMS_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
