@@ -16,17 +16,26 @@ when the request has `response_format`), drop (closes the connection without a r
 Every request is counted and kept (`requests`: the parsed bodies, oldest first); `max_in_flight` is
 the most requests it was answering at once. Scores are a hash of
 the request, so the same request always gets the same evaluation. Use as a context manager.
+
+The Batch API too: `POST /v1/files` (multipart upload), `GET /v1/files/{id}/content`, `POST /v1/batches`,
+`GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`. A batch's lines are answered like chat requests
+(faults included; `drop` and `malformed_body` become a 500 line) after `batch_delay_s`, on a thread of
+its own; `batch_failures` (custom id -> times) fail in the error file; `batch_expire_after` answers that many
+lines and expires the batch with the rest in the error file (`batch_expired`). `batches` keeps every
+batch object, `batch_lines` every line answered.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("rate_limit", "server_error", "slow", "malformed_body", "malformed_json", "schema_violation",
@@ -53,7 +62,14 @@ class FakeJudgeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._faults: list[Fault] = []
-        self._lock = threading.Lock()
+        self.batch_delay_s = 0.0
+        self.batch_failures: dict[str, int] = {}  # custom_id -> how many more times its line fails
+        self.batch_expire_after: int | None = None
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_lines: list[dict] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -124,6 +140,82 @@ class FakeJudgeServer:
     def sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
 
+    # ---- the Batch API ---------------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+    def add_file(self, data: bytes, filename: str, purpose: str) -> dict:
+        file_id = self._new_id("file")
+        with self._lock:
+            self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": filename, "purpose": purpose, "status": "processed"}
+
+    def create_batch(self, request: dict) -> dict:
+        batch_id = self._new_id("batch")
+        now = int(time.time())
+        batch = {"id": batch_id, "object": "batch", "endpoint": request.get("endpoint"),
+                 "input_file_id": request.get("input_file_id"), "completion_window": request.get("completion_window"),
+                 "status": "in_progress", "created_at": now, "in_progress_at": now, "expires_at": now + 86400,
+                 "metadata": request.get("metadata"), "output_file_id": None, "error_file_id": None,
+                 "request_counts": {"total": 0, "completed": 0, "failed": 0}}
+        with self._lock:
+            self.batches[batch_id] = batch
+        threading.Thread(target=self._process_batch, args=(batch_id,), daemon=True).start()
+        return dict(batch)
+
+    def cancel_batch(self, batch_id: str) -> dict | None:
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is not None and batch["status"] in ("validating", "in_progress", "finalizing"):
+                batch["status"] = "cancelling"
+            return dict(batch) if batch else None
+
+    def _process_batch(self, batch_id: str) -> None:
+        batch = self.batches[batch_id]
+        lines = [json.loads(line) for line in self.files[batch["input_file_id"]].decode("utf-8").splitlines()
+                 if line.strip()]
+        batch["request_counts"]["total"] = len(lines)
+        until = time.monotonic() + self.batch_delay_s
+        while time.monotonic() < until and batch["status"] != "cancelling" and not self._stopping.is_set():
+            self.sleep(0.02)  # a cancel is honoured at once
+        outputs, errors, final = [], [], "completed"
+        for number, line in enumerate(lines):
+            if batch["status"] == "cancelling":
+                final = "cancelled"
+            elif self.batch_expire_after is not None and number >= self.batch_expire_after:
+                final = "expired"
+            if final != "completed":
+                errors.append({"id": self._new_id("batch_req"), "custom_id": line["custom_id"], "response": None,
+                               "error": {"code": f"batch_{final}", "message": f"This request was {final}."}})
+                continue
+            with self._lock:
+                self.batch_lines.append(line)
+            if self.batch_failures.get(line["custom_id"], 0) > 0:
+                self.batch_failures[line["custom_id"]] -= 1
+                errors.append({"id": self._new_id("batch_req"), "custom_id": line["custom_id"], "response": None,
+                               "error": {"code": "server_error", "message": "The server had an error."}})
+                batch["request_counts"]["failed"] += 1
+                continue
+            status, payload, _ = reply_for(self, line["body"], batch=True)
+            outputs.append({"id": self._new_id("batch_req"), "custom_id": line["custom_id"], "error": None,
+                            "response": {"status_code": status, "request_id": self._new_id("req"), "body": payload}})
+            batch["request_counts"]["completed" if status == 200 else "failed"] += 1
+            if self.batch_delay_s:
+                self.sleep(self.batch_delay_s / max(len(lines), 1))
+        with self._lock:
+            if outputs:
+                batch["output_file_id"] = self.add_file(_jsonl(outputs), "output.jsonl", "batch_output")["id"]
+            if errors:
+                batch["error_file_id"] = self.add_file(_jsonl(errors), "errors.jsonl", "batch_output")["id"]
+            batch["status"] = final
+            batch[f"{final}_at"] = int(time.time())
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
 
 def _schema_of(body: dict) -> dict | None:
     response_format = body.get("response_format") or {}
@@ -149,6 +241,53 @@ def evaluation_for(body: dict) -> dict:
     return answer
 
 
+def reply_for(server: FakeJudgeServer, body: dict, batch: bool = False, authorization: str | None = None) -> tuple:
+    """(status, payload, headers) for one chat request, faults applied; status "drop" or "malformed_body"
+    for the faults that break the HTTP exchange itself (a 500 inside a batch)."""
+    text = json.dumps(body.get("messages"), ensure_ascii=False)
+    fault = server._take_fault(text)
+    if server.latency_s and not batch:
+        server.sleep(server.latency_s)
+    if fault in ("drop", "malformed_body"):
+        if batch:
+            return 500, {"error": {"message": "The server had an error", "type": "server_error"}}, {}
+        return fault, None, {}
+    if fault == "rate_limit":
+        return 429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
+                               "code": "rate_limit_exceeded"}}, {"retry-after": server.retry_after}
+    if fault == "unauthorized":
+        key = (authorization or "").removeprefix("Bearer ")  # quoted back, as some servers do
+        return 401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error",
+                               "code": "invalid_api_key"}}, {}
+    if fault == "server_error":
+        return 500, {"error": {"message": "The server had an error", "type": "server_error"}}, {}
+    if fault == "reject_response_format" and body.get("response_format"):
+        return 400, {"error": {"message": "response_format is not supported by this server",
+                               "type": "invalid_request_error", "param": "response_format"}}, {}
+    if fault == "slow" and not batch:
+        server.sleep(server.slow_s)
+
+    content, refusal = json.dumps(evaluation_for(body), ensure_ascii=False), None
+    if fault == "malformed_json":
+        content = '{"accuracy": {"reason": "unterminated'
+    elif fault == "schema_violation":
+        content = json.dumps({"accuracy": {"reason": "only one criterion", "score": 99}})
+    elif fault == "refusal":
+        refusal = "I'm sorry, I can't help with that."
+        content = None if body.get("response_format") else refusal
+    message = {"role": "assistant", "content": content, "refusal": refusal}
+    reply = {
+        "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
+        "model": body.get("model", "fake"),
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+    }
+    if server.usage:
+        # ~4 characters per token, as OpenAI's rule of thumb; exact values do not matter, stability does.
+        reply["usage"] = {"prompt_tokens": len(text) // 4, "completion_tokens": len(content or refusal) // 4,
+                          "total_tokens": len(text) // 4 + len(content or refusal) // 4}
+    return 200, reply, {}
+
+
 class _Server(ThreadingHTTPServer):
     # socketserver's default backlog of 5 drops connection attempts when 16 clients connect at once;
     # the kernel then retries the SYN after a second — a stall that looks like a slow server.
@@ -165,9 +304,33 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet: tests read the request log instead
         pass
 
+    def do_GET(self) -> None:
+        server, path = self.judge_server, self.path.rstrip("/")
+        content = re.fullmatch(r".*/files/([^/]+)/content", path)
+        batch = re.fullmatch(r".*/batches/([^/]+)", path)
+        if content and content.group(1) in server.files:
+            return self._send(200, server.files[content.group(1)], "application/octet-stream")
+        if batch and batch.group(1) in server.batches:
+            return self._json(200, dict(server.batches[batch.group(1)]))
+        return self._json(404, {"error": {"message": f"no such object: {self.path}", "type": "not_found"}})
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        server, path = self.judge_server, self.path.rstrip("/")
+        if path.endswith("/files"):  # multipart upload: the file part and its purpose
+            message = BytesParser().parsebytes(
+                f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode() + raw)
+            parts = {part.get_param("name", header="content-disposition"): part for part in message.get_payload()}
+            upload = parts["file"]
+            return self._json(200, server.add_file(upload.get_payload(decode=True), upload.get_filename() or "upload",
+                                                   parts["purpose"].get_payload(decode=True).decode()))
+        if path.endswith("/batches"):
+            return self._json(200, server.create_batch(json.loads(raw)))
+        cancel = re.fullmatch(r".*/batches/([^/]+)/cancel", path)
+        if cancel:
+            batch = server.cancel_batch(cancel.group(1))
+            return self._json(200, batch) if batch else self._json(404, {"error": {"message": "no such batch"}})
         if not self.path.rstrip("/").endswith("/chat/completions"):
             return self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
         try:
@@ -182,52 +345,14 @@ class _Handler(BaseHTTPRequestHandler):
             server._done()
 
     def _answer(self, server: FakeJudgeServer, body: dict) -> None:
-        text = json.dumps(body.get("messages"), ensure_ascii=False)
-        fault = server._take_fault(text)
-        if server.latency_s:
-            server.sleep(server.latency_s)
-
-        if fault == "drop":
+        status, payload, headers = reply_for(server, body, authorization=self.headers.get("Authorization"))
+        if status == "drop":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        if fault == "rate_limit":
-            return self._json(429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
-                                              "code": "rate_limit_exceeded"}},
-                              {"retry-after": server.retry_after})
-        if fault == "unauthorized":
-            key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-            return self._json(401, {"error": {"message": f"Incorrect API key provided: {key}",
-                                              "type": "invalid_request_error", "code": "invalid_api_key"}})
-        if fault == "server_error":
-            return self._json(500, {"error": {"message": "The server had an error", "type": "server_error"}})
-        if fault == "reject_response_format" and body.get("response_format"):
-            return self._json(400, {"error": {"message": "response_format is not supported by this server",
-                                              "type": "invalid_request_error", "param": "response_format"}})
-        if fault == "malformed_body":
+        if status == "malformed_body":
             return self._send(200, b'{"id": "chatcmpl-broken", "choices": [', "application/json")
-        if fault == "slow":
-            server.sleep(server.slow_s)
-
-        content, refusal = json.dumps(evaluation_for(body), ensure_ascii=False), None
-        if fault == "malformed_json":
-            content = '{"accuracy": {"reason": "unterminated'
-        elif fault == "schema_violation":
-            content = json.dumps({"accuracy": {"reason": "only one criterion", "score": 99}})
-        elif fault == "refusal":
-            refusal = "I'm sorry, I can't help with that."
-            content = None if body.get("response_format") else refusal
-        message = {"role": "assistant", "content": content, "refusal": refusal}
-        reply = {
-            "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-        }
-        if server.usage:
-            # ~4 characters per token, as OpenAI's rule of thumb; exact values do not matter, stability does.
-            reply["usage"] = {"prompt_tokens": len(text) // 4, "completion_tokens": len(content or refusal) // 4,
-                              "total_tokens": len(text) // 4 + len(content or refusal) // 4}
-        self._json(200, reply)
+        self._json(status, payload, headers)
 
     def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), "application/json", headers)

@@ -192,6 +192,12 @@ class JudgeParams(_Section):
     backoff_max_s: float = Field(60.0, gt=0)  # cap on any one wait, retry-after included
     max_cost_usd: float | None = None
     prices: dict[str, dict[str, float]] = {}  # model -> {input_per_mtok, output_per_mtok}; over the built-in table
+    # The OpenAI Batch API: half price, results within 24 h; a killed or re-run stage polls the batches it
+    # already created (judge/batches.json) instead of paying twice.
+    batch: bool = False
+    batch_poll_s: float = Field(30.0, gt=0)  # seconds between two looks at a running batch
+    # A batch still running after this long is cancelled and its open rows judged the normal way (None: wait).
+    batch_fallback_after_s: float | None = Field(None, gt=0)
 
 
 class ScoreParams(_Section):

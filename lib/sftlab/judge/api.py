@@ -128,7 +128,7 @@ class OpenAIJudge:
 
     def __post_init__(self) -> None:
         p = self.params
-        self.price = cost.price_for(p.model, p.prices)
+        self.price = cost.price_for(p.model, p.prices, batch=p.batch)
         if p.max_cost_usd is not None and self.price is None:
             raise JudgeConfigError(
                 f"judge.max_cost_usd is set but judge.model '{p.model}' has no price: add "
@@ -139,18 +139,23 @@ class OpenAIJudge:
     def model_id(self) -> str:
         return self.params.model
 
-    async def judge_all(self, jobs: list[Job], on_done: Callable[[Job, Outcome], None]) -> None:
-        """Judge every job; `on_done` is called once per job, in the order they finish."""
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK's async client, with the key from the environment (never from a file); retries are ours."""
         p = self.params
         self._secret = os.environ.get(p.api_key_env) or None
         if self._secret is None and p.base_url is None:
             raise JudgeConfigError(
                 f"judge.backend openai needs an API key: set the environment variable {p.api_key_env} "
                 f"(or judge.base_url for a server that needs none, or judge.backend: reference)")
-        client = openai.AsyncOpenAI(
+        return openai.AsyncOpenAI(
             api_key=self._secret or "no-key",  # local compatible servers ignore it; the SDK wants one
             base_url=p.base_url, max_retries=0,
             timeout=openai.Timeout(p.timeout_s, connect=min(p.timeout_s, CONNECT_TIMEOUT_S)))
+
+    async def judge_all(self, jobs: list[Job], on_done: Callable[[Job, Outcome], None]) -> None:
+        """Judge every job; `on_done` is called once per job, in the order they finish."""
+        p = self.params
+        client = self.client()
         slots = asyncio.Semaphore(p.concurrency)
 
         async def one(job: Job) -> None:
@@ -231,7 +236,8 @@ class OpenAIJudge:
         if MODES.index(mode) > MODES.index(self._mode):
             self._mode = mode
 
-    async def _send(self, client, tally: _Tally, messages: list[dict], mode: Mode, rubric: Rubric):
+    def request_body(self, messages: list[dict], mode: Mode, rubric: Rubric) -> dict[str, Any]:
+        """One chat-completions request: the same body for a direct request and a Batch API line."""
         p = self.params
         request: dict[str, Any] = {"model": p.model, "messages": messages}
         if p.temperature is not None:
@@ -241,6 +247,11 @@ class OpenAIJudge:
                 "name": "evaluation", "strict": True, "schema": rubric.response_schema()}}
         elif mode == "json_object":
             request["response_format"] = {"type": "json_object"}
+        return request
+
+    async def _send(self, client, tally: _Tally, messages: list[dict], mode: Mode, rubric: Rubric):
+        p = self.params
+        request = self.request_body(messages, mode, rubric)
         for attempt in range(p.max_retries + 1):
             if self.unreachable:  # tripped by another request meanwhile: send nothing more
                 raise _Fatal(self.unreachable)
@@ -308,14 +319,22 @@ def _text_of(completion: Any) -> tuple[str | None, str | None]:
     return message.content, refusal
 
 
-def _raise_if_fatal(e: openai.APIStatusError, p: JudgeParams) -> None:
-    if e.status_code in (401, 403):
+def fatal_reason(status: int, code: str | None, message: str, p: JudgeParams) -> str | None:
+    """Why no later request can succeed either, for an HTTP error (None if a later one might)."""
+    if status in (401, 403):
         # The server's message may quote part of the key; say what happened without it.
-        raise _Fatal(f"the server rejected the API key from ${p.api_key_env} (HTTP {e.status_code})")
-    if e.status_code == 404:
-        raise _Fatal(f"HTTP 404 for model '{p.model}' at {p.base_url or 'api.openai.com'}: {e.message}")
-    if e.status_code == 429 and getattr(e, "code", None) == "insufficient_quota":
-        raise _Fatal(f"HTTP 429 insufficient_quota: the account has no quota left ({e.message})")
+        return f"the server rejected the API key from ${p.api_key_env} (HTTP {status})"
+    if status == 404:
+        return f"HTTP 404 for model '{p.model}' at {p.base_url or OPENAI_URL}: {message}"
+    if status == 429 and code == "insufficient_quota":
+        return f"HTTP 429 insufficient_quota: the account has no quota left ({message})"
+    return None
+
+
+def _raise_if_fatal(e: openai.APIStatusError, p: JudgeParams) -> None:
+    reason = fatal_reason(e.status_code, getattr(e, "code", None), e.message, p)
+    if reason:
+        raise _Fatal(reason)
 
 
 def _retry_after(error: Exception) -> float | None:

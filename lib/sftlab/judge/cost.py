@@ -26,12 +26,21 @@ COMPLETION_TOKENS_PER_CRITERION = 60
 COMPLETION_TOKENS_OVERHEAD = 20
 
 
-def price_for(model: str, overrides: dict[str, dict[str, float]] | None = None) -> dict[str, float] | None:
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the list price (results within 24 h)
+
+
+def price_for(model: str, overrides: dict[str, dict[str, float]] | None = None,
+              batch: bool = False) -> dict[str, float] | None:
+    """The model's price per 1M tokens; with `batch`, the Batch API's (half the list price)."""
     table = {**DEFAULT_PRICES, **(overrides or {})}
     if model in table:
-        return table[model]
-    prefixes = [name for name in table if model.startswith(name)]
-    return table[max(prefixes, key=len)] if prefixes else None
+        price = table[model]
+    else:
+        prefixes = [name for name in table if model.startswith(name)]
+        price = table[max(prefixes, key=len)] if prefixes else None
+    if price is None or not batch:
+        return price
+    return {name: value * BATCH_DISCOUNT for name, value in price.items()}
 
 
 def cost_usd(price: dict[str, float] | None, prompt_tokens: int, completion_tokens: int) -> float | None:

@@ -41,6 +41,7 @@ from sftlab.config import JudgeParams, Params, atomic_write_text
 from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
 from sftlab.judge import cost, reference, store
 from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
+from sftlab.judge.batch import BatchJudge
 from sftlab.judge.rubric import Rubric, load_rubric
 from sftlab.judge.store import JudgmentRow
 
@@ -127,7 +128,8 @@ class Plan:
                     text += json.dumps(item.rubric.response_schema(), ensure_ascii=False)
                 prompt_tokens += cost.estimate_tokens(text)
                 completion_tokens += cost.estimate_completion_tokens(len(item.rubric.criteria))
-            estimated = cost.cost_usd(cost.price_for(judge.model, judge.prices), prompt_tokens, completion_tokens)
+            price = cost.price_for(judge.model, judge.prices, batch=judge.batch)
+            estimated = cost.cost_usd(price, prompt_tokens, completion_tokens)
         else:
             estimated = 0.0
         return {
@@ -192,6 +194,7 @@ class Summary:
     structured: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     error_counts: dict[str, int] = field(default_factory=dict)  # error text -> rows, this run
+    batches: int = 0  # Batch API batches created by this run (judge.batch)
 
     def failure_line(self) -> str | None:
         """"judge: 160/160 rows failed — connection failed: ..." when any row of this run failed, else None."""
@@ -212,7 +215,8 @@ class Summary:
             f"judge: {self.backend} ({self.model})",
             f"rows: {self.rows} — up to date {self.up_to_date}, from cache {self.from_cache}, "
             f"judged now {self.judged}, errors {self.errors}, not judged {self.not_judged}",
-            f"requests: {self.requests}, cost: {cost_text}, {self.seconds:.1f} s",
+            f"requests: {self.requests}" + (f" in {self.batches} batches" if self.batches else "")
+            + f", cost: {cost_text}, {self.seconds:.1f} s",
         ]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
@@ -283,13 +287,15 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                 for key, items in planned.jobs.items():
                     record(key, _reference_outcome(items[0]))
             elif planned.jobs:
-                backend = OpenAIJudge(params.judge)
+                backend = (BatchJudge(params.judge, state_dir=params.layout.judge) if params.judge.batch
+                           else OpenAIJudge(params.judge))
                 jobs = [Job(key, items[0].rubric, items[0].row.prompt, items[0].row.reference,
                             items[0].row.output) for key, items in planned.jobs.items()]
                 try:
                     await backend.judge_all(jobs, lambda job, outcome: record(job.key, outcome))
                 finally:
                     summary.requests, summary.stopped = backend.requests, backend.stopped
+                    summary.batches = getattr(backend, "batches_created", 0)
                     summary.structured = backend.mode_counts
                 if backend.fatal:
                     summary.seconds = round(time.monotonic() - started, 2)
