@@ -57,6 +57,24 @@ def timed_run(server: FakeJudgeServer, experiment: str, concurrency: int) -> dic
             "max_in_flight": server.max_in_flight}
 
 
+def batch_run(server: FakeJudgeServer, experiment: str) -> dict:
+    """The Batch API path: one run, then a re-run (which must create no batch and send nothing)."""
+    from sftlab import config, judge
+
+    params = config.validate({"experiment": experiment, "judge": {
+        "backend": "openai", "base_url": server.base_url, "api_key_env": "SFTLAB_BENCH_JUDGE_KEY",
+        "batch": True, "batch_poll_s": 0.05, "timeout_s": 30.0}})
+    started = time.perf_counter()
+    first = judge.run(judge.plan(params), progress=False)
+    seconds = time.perf_counter() - started
+    batches, lines = len(server.batches), len(server.batch_lines)
+    again = judge.run(judge.plan(params), progress=False)
+    return {"judged": first.judged, "seconds": round(seconds, 3), "batches_created": first.batches,
+            "batch_lines": lines, "cost_usd": first.cost_usd,
+            "rerun_batches_created": len(server.batches) - batches, "rerun_lines": len(server.batch_lines) - lines,
+            "rerun_requests": again.requests}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the server takes per response")
@@ -70,10 +88,12 @@ def main() -> None:
 
     write_generations(Path(outputs), "serial", args.rows_serial)
     write_generations(Path(outputs), "parallel", args.rows_parallel)
+    write_generations(Path(outputs), "batch", args.rows_parallel)
     with FakeJudgeServer(latency_s=args.latency) as server:
         serial = timed_run(server, "serial", 1)
         parallel = timed_run(server, "parallel", 16)
         rerun = timed_run(server, "parallel", 16)
+        batch = batch_run(server, "batch")
     result = {
         "latency_s": args.latency,
         "concurrency_1": {k: serial[k] for k in ("judged", "seconds", "judgments_per_s", "requests")},
@@ -84,6 +104,8 @@ def main() -> None:
         "rerun_requests": rerun["requests"],
         "rerun_requests_goal": 0,
         "rerun_seconds": rerun["seconds"],
+        "batch": batch,
+        "batch_rerun_created_goal": 0,
     }
     print(json.dumps(result, indent=2))
 
