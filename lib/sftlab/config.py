@@ -176,6 +176,13 @@ class InferParams(_Section):
 
 class JudgeParams(_Section):
     backend: Literal["auto", "openai", "reference"] = "auto"  # auto: openai if an endpoint is configured
+    # single: each answer graded alone on the rubric; pairwise: two answers to the same prompt compared, in
+    # both orders (sftlab.judge.pairwise), for "is B better than A?".
+    mode: Literal["single", "pairwise"] = "single"
+    pairs: Literal["baseline", "adjacent", "all"] = "baseline"  # pairwise: which models are compared
+    pairwise_rubric: str = "params/rubrics/pairwise_ko.yaml"
+    pairwise_rubric_by_lang: dict[str, str] | None = {"ko": "params/rubrics/pairwise_ko.yaml",
+                                                      "en": "params/rubrics/pairwise_en.yaml"}
     rubric: str = "params/rubrics/qa_ko.yaml"  # for rows whose meta.lang has no entry in rubric_by_lang
     # A row is judged by the rubric of its language (meta.lang): a Korean rubric would mark every English
     # answer down on fluency. null or {} judges every row with `rubric`.

@@ -39,9 +39,10 @@ from sftlab import paths
 from sftlab import record as run_record
 from sftlab.config import JudgeParams, Params, atomic_write_text
 from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
-from sftlab.judge import cost, reference, store
+from sftlab.judge import cost, pairwise, reference, store
 from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
 from sftlab.judge.batch import BatchJudge
+from sftlab.judge.pairwise import PairRubric, load_pair_rubric, model_pairs, pair_name
 from sftlab.judge.rubric import Rubric, load_rubric
 from sftlab.judge.store import JudgmentRow
 
@@ -93,9 +94,20 @@ def judgment_key(rubric: Rubric, judge_model: str, row: GenerationRow) -> str:
 
 @dataclass
 class Item:
-    row: GenerationRow
-    rubric: Rubric
+    row: GenerationRow  # in pairwise mode: the answer shown first (A)
+    rubric: Rubric | PairRubric
     key: str
+    second: GenerationRow | None = None  # pairwise: the answer shown second (B)
+    single: Rubric | None = None  # pairwise: the single-answer rubric the offline judge scores each side with
+
+    @property
+    def name(self) -> str:
+        """The file its judgment goes to: the checkpoint, or in pairwise mode `<A>~<B>`."""
+        return self.row.checkpoint if self.second is None else pair_name(self.row.checkpoint, self.second.checkpoint)
+
+    @property
+    def output(self) -> str | tuple[str, str]:
+        return self.row.output if self.second is None else (self.row.output, self.second.output)
 
 
 @dataclass
@@ -104,8 +116,10 @@ class Plan:
     backend: str  # openai | reference
     reason: str  # why this backend (backend_choice)
     model: str  # the judge model: an API model name, or reference-v1+<tokenizer>
-    rubrics: dict[str, Rubric]  # path -> rubric, those in use
+    rubrics: dict[str, Rubric | PairRubric]  # path -> rubric, those in use
     items: list[Item]
+    directory: Path = Path()  # judge/ (single) or judge/pairwise/ (pairwise)
+    mode: str = "single"
     up_to_date: list[Item] = field(default_factory=list)
     reuse: list[tuple[Item, JudgmentRow]] = field(default_factory=list)  # (item, cached row)
     jobs: dict[str, list[Item]] = field(default_factory=dict)  # key -> rows sharing that judgment
@@ -122,7 +136,7 @@ class Plan:
             mode = "json_schema" if judge.structured == "auto" else judge.structured
             for items in self.jobs.values():
                 item = items[0]
-                messages = item.rubric.messages(item.row.prompt, item.row.reference, item.row.output, mode)
+                messages = item.rubric.messages(item.row.prompt, item.row.reference, item.output, mode)
                 text = "".join(m["content"] for m in messages)
                 if mode == "json_schema":  # the schema is sent too, and billed as input
                     text += json.dumps(item.rubric.response_schema(), ensure_ascii=False)
@@ -142,12 +156,15 @@ class Plan:
 
 
 def plan(params: Params) -> Plan:
-    """Sort every generation row into up to date / from cache / to judge. Sends nothing."""
+    """Sort every judgment to make into up to date / from cache / to judge. Sends nothing.
+
+    Single mode: one judgment per generation row. Pairwise mode (sftlab.judge.pairwise): per sample, one
+    judgment per pair of models and order — both orders of every pair `judge.pairs` selects."""
     judge = params.judge
     backend, reason = backend_choice(judge)
     model = reference.judge_model() if backend == "reference" else judge.model
     rows = read_generations(params.layout.generations)
-    rubrics: dict[str, Rubric] = {}
+    rubrics: dict[str, Rubric | PairRubric] = {}
     for row in rows:
         path = rubric_path(judge, row)
         if path not in rubrics:
@@ -155,15 +172,20 @@ def plan(params: Params) -> Plan:
             if backend == "reference":
                 reference.check_rubric(rubrics[path], str(paths.resolve(path)))
     identity = f"{backend}:{model}"
-    result = Plan(params, backend, reason, model, rubrics, items=[])
-    folder = params.layout.judge
-    latest = store.latest_rows(folder)
-    cache = store.judged_by_key(folder)
-    for row in rows:
-        rubric = rubrics[rubric_path(judge, row)]
-        item = Item(row, rubric, judgment_key(rubric, identity, row))
+    pairwise_mode = judge.mode == "pairwise"
+    directory = params.layout.judge / "pairwise" if pairwise_mode else params.layout.judge
+    result = Plan(params, backend, reason, model, {}, items=[], directory=directory, mode=judge.mode)
+    if pairwise_mode:
+        items = _pair_items(params, rows, rubrics, identity, result.rubrics)
+    else:
+        result.rubrics.update(rubrics)
+        items = [Item(row, rubrics[rubric_path(judge, row)], judgment_key(rubrics[rubric_path(judge, row)], identity, row))
+                 for row in rows]
+    latest = store.latest_rows(directory)
+    cache = store.judged_by_key(directory)
+    for item in items:
         result.items.append(item)
-        last = latest.get((row.checkpoint, row.id))
+        last = latest.get((item.name, item.row.id))
         if last and last.key == item.key and last.status == "judged":
             result.up_to_date.append(item)
         elif item.key in cache:
@@ -171,6 +193,46 @@ def plan(params: Params) -> Plan:
         else:
             result.jobs.setdefault(item.key, []).append(item)
     return result
+
+
+def pairwise_baseline(params: Params) -> str:
+    """The model every other is compared with under `judge.pairs: baseline`: `score.baseline` when it
+    names a checkpoint of this experiment, else the base model."""
+    baseline = params.score.baseline or "base"
+    experiment, _, checkpoint = baseline.rpartition("/")
+    return checkpoint if experiment in ("", params.experiment) else "base"
+
+
+def _pair_items(params: Params, rows: list[GenerationRow], singles: dict[str, Rubric], identity: str,
+                used: dict[str, Rubric | PairRubric]) -> list[Item]:
+    """Both orders of every selected pair of models, for every sample both answered."""
+    judge = params.judge
+    by_model: dict[str, dict[str, GenerationRow]] = {}
+    for row in rows:
+        by_model.setdefault(row.checkpoint, {})[row.id] = row
+    models = list(by_model)  # base first, then by step (read_generations' order)
+    baseline = pairwise_baseline(params)
+    if judge.pairs == "baseline" and baseline not in by_model:
+        raise GenerationsError(f"judge.pairs: baseline: the baseline '{baseline}' has no generations in "
+                               f"{params.layout.generations} (models: {', '.join(models)})")
+    items = []
+    for a, b in model_pairs(models, judge.pairs, baseline):
+        for sample_id in [i for i in by_model[a] if i in by_model[b]]:
+            for first, second in ((a, b), (b, a)):
+                row, other = by_model[first][sample_id], by_model[second][sample_id]
+                lang = row.meta.get("lang")
+                path = (judge.pairwise_rubric_by_lang or {}).get(lang) or judge.pairwise_rubric
+                if path not in used:
+                    used[path] = load_pair_rubric(path)
+                rubric = used[path]
+                payload = {"rubric": rubric.fingerprint, "judge": identity, "prompt": row.prompt,
+                           "reference": row.reference, "first": row.output, "second": other.output}
+                if identity.startswith("reference:"):  # the offline verdict also depends on how each answer ended
+                    payload["finish"] = [row.finish_reason, other.finish_reason]
+                text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+                key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+                items.append(Item(row, rubric, key, second=other, single=singles[rubric_path(judge, row)]))
+    return items
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,7 +322,7 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
     summary = Summary(planned.backend, planned.model, rows=len(planned.items),
                       up_to_date=len(planned.up_to_date), from_cache=len(planned.reuse))
     costs: list[float | None] = []
-    with store.Appender(params.layout.judge) as out:
+    with store.Appender(planned.directory) as out:
         for item, cached in planned.reuse:
             out.append(_copied_row(item, cached))
 
@@ -272,7 +334,7 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                 row = _row(item, planned, outcome)
                 if index:  # rows that share a judgment pay for it once
                     row = row.model_copy(update={"usage": None, "cost_usd": 0.0, "requests": 0,
-                                                 "reused_from": f"{items[0].row.checkpoint}/{items[0].row.id}"})
+                                                 "reused_from": f"{items[0].name}/{items[0].row.id}"})
                 out.append(row)
                 summary.judged += outcome.status == "judged"
                 summary.errors += outcome.status == "error"
@@ -290,7 +352,7 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                 backend = (BatchJudge(params.judge, state_dir=params.layout.judge) if params.judge.batch
                            else OpenAIJudge(params.judge))
                 jobs = [Job(key, items[0].rubric, items[0].row.prompt, items[0].row.reference,
-                            items[0].row.output) for key, items in planned.jobs.items()]
+                            items[0].output) for key, items in planned.jobs.items()]
                 try:
                     await backend.judge_all(jobs, lambda job, outcome: record(job.key, outcome))
                 finally:
@@ -320,9 +382,14 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
 
 def _reference_outcome(item: Item) -> Outcome:
     try:
+        if item.second is not None:
+            verdict, reason, numbers = pairwise.reference_verdict(item.row.to_json(), item.second.to_json(),
+                                                                  item.single)
+            return Outcome("judged", scores={pairwise.CRITERION: verdict}, reasons={pairwise.CRITERION: reason},
+                           raw=json.dumps(numbers), cost_usd=0.0, metrics=numbers)
         result = reference.evaluate(item.row.to_json(), item.rubric)
     except Exception as e:  # a row the metrics cannot handle fails alone, named by the row
-        return Outcome("error", error=f"reference judge failed on {item.row.checkpoint}/{item.row.id}: "
+        return Outcome("error", error=f"reference judge failed on {item.name}/{item.row.id}: "
                                       f"{type(e).__name__}: {e}")
     return Outcome("judged", scores=result["scores"], reasons=result["reasons"], raw=result["raw"],
                    cost_usd=0.0, metrics=result["metrics"])
@@ -331,7 +398,7 @@ def _reference_outcome(item: Item) -> Outcome:
 def _row(item: Item, planned: Plan, outcome: Outcome) -> JudgmentRow:
     row = item.row
     return JudgmentRow(
-        key=item.key, id=row.id, checkpoint=row.checkpoint, status=outcome.status,
+        key=item.key, id=row.id, checkpoint=item.name, status=outcome.status,
         judge={"backend": planned.backend, "model": planned.model, "rubric": item.rubric.name},
         scores=outcome.scores, reasons=outcome.reasons,
         overall=item.rubric.overall(outcome.scores) if outcome.scores else None,
@@ -342,12 +409,12 @@ def _row(item: Item, planned: Plan, outcome: Outcome) -> JudgmentRow:
 
 def _copied_row(item: Item, cached: JudgmentRow) -> JudgmentRow:
     return cached.model_copy(update={
-        "id": item.row.id, "checkpoint": item.row.checkpoint, "meta": item.row.meta, "usage": None,
+        "id": item.row.id, "checkpoint": item.name, "meta": item.row.meta, "usage": None,
         "cost_usd": 0.0, "requests": 0, "reused_from": f"{cached.checkpoint}/{cached.id}", "judged_at": _now()})
 
 
 def _write_summary(params: Params, planned: Plan, summary: Summary) -> None:
-    folder = params.layout.judge
+    folder = planned.directory
     folder.mkdir(parents=True, exist_ok=True)
     data = {**summary.__dict__, "rubrics": {str(p): r.name for p, r in planned.rubrics.items()},
             "finished": _now()}

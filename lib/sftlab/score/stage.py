@@ -9,7 +9,10 @@ bootstrap intervals, the judge's error rate, the EOS-termination rate, repetitio
 cost; and the paired bootstrap difference of each against a baseline over the sample ids both share.
 
 Writes under outputs/<exp>/scores/: summary.csv, differences.csv, study_table.csv, per_sample.parquet
-and headline.json (read by outputs/index.html); the notebook adds figures/*.png (sftlab.score.views).
+and headline.json (read by outputs/index.html); from pairwise judgments (judge.mode: pairwise) also
+pairwise.csv (each model against the baseline: win/tie/loss with intervals, raw and length-controlled
+win rates, position flips) and ranking.csv (Bradley–Terry scores with intervals, rank, separable): see
+sftlab.score.pairwise. The notebook adds figures/*.png (sftlab.score.views).
 Raises `ScoreError` when a compared experiment has no generations, or the baseline names a
 checkpoint that was not generated.
 """
@@ -49,6 +52,7 @@ class Summary:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # samples, summary, differences, study
     written: list[Path] = field(default_factory=list)
     judge_failures: dict[str, str] = field(default_factory=dict)  # experiment -> "judge: 3/40 rows failed — ..."
+    separability: float | None = None  # pairwise: share of ranking neighbours whose intervals do not overlap
 
     def __str__(self) -> str:
         summary = self.tables.get("summary", pd.DataFrame())
@@ -73,6 +77,35 @@ def run(planned: Plan) -> Summary:
     for name, text in written.items():
         atomic_write_text(out / name, text)
     samples.drop(columns=["prompt", "meta"], errors="ignore").to_parquet(out / "per_sample.parquet", index=False)
-    return Summary(tables={"samples": samples, "summary": summary, "differences": differences, "study": study},
-                   written=[out / name for name in written] + [out / "per_sample.parquet"], judge_failures=failures)
+    tables = {"samples": samples, "summary": summary, "differences": differences, "study": study}
+    paths_written = [out / name for name in written] + [out / "per_sample.parquet"]
+    pair_tables = pairwise_tables(planned)
+    if pair_tables:
+        tables.update(pair_tables)
+        for name in ("pairwise", "ranking"):
+            atomic_write_text(out / f"{name}.csv", pair_tables[name].to_csv(index=False))
+            paths_written.append(out / f"{name}.csv")
+    return Summary(tables=tables, written=paths_written, judge_failures=failures,
+                   separability=pair_tables.get("separability") if pair_tables else None)
+
+
+def pairwise_tables(planned: Plan) -> dict:
+    """From the pairwise judgments of the compared experiments (none: {}): battles, combined outcomes,
+    `pairwise` (against the baseline), `ranking`, `flips` and the share of separable neighbours."""
+    from sftlab.score import pairwise
+
+    params = planned.params
+    judged = pairwise.battles(planned.experiments)
+    if judged.empty:
+        return {}
+    combined = pairwise.outcomes(judged)
+    experiment, checkpoint = planned.baseline
+    bases = pairwise._base_name(planned.experiments)
+    baseline = bases[experiment] if checkpoint == "base" else (
+        f"{experiment}/{checkpoint}" if len(planned.experiments) > 1 else checkpoint)
+    options = {"confidence": params.score.confidence, "seed": params.seed}
+    versus = pairwise.versus(combined, baseline, n_boot=params.score.bootstrap, **options)
+    ranked, separability = pairwise.ranking(judged, baseline, n_boot=min(params.score.bootstrap, 200), **options)
+    return {"battles": judged, "outcomes": combined, "pairwise": versus, "ranking": ranked,
+            "flips": pairwise.flip_rates(combined), "separability": separability}
 

@@ -123,3 +123,37 @@ def score_distributions(samples: pd.DataFrame, criteria: list[str], path: Path |
     if axes:
         _legend_outside(fig, axes[0])
     return _save(fig, path)
+
+
+def win_rate_matrix(outcomes: pd.DataFrame, path: Path | None = None):
+    """Pairwise: how often the row's model beats the column's (ties count half), over the pairs judged."""
+    _theme()
+    rates: dict[tuple[str, str], float] = {}
+    for (a, b), group in outcomes.groupby(["a", "b"]):
+        won = (group["outcome"] > 0).mean() + 0.5 * (group["outcome"] == 0).mean()
+        rates[(a, b)], rates[(b, a)] = won, 1 - won
+    models = sorted({m for pair in rates for m in pair})
+    matrix = pd.DataFrame([[rates.get((r, c)) for c in models] for r in models], index=models, columns=models,
+                          dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 * len(models) + 3, 0.9 * len(models) + 2))
+    sns.heatmap(matrix, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="RdBu_r", cbar_kws={"label": "win rate"}, ax=ax)
+    ax.set_xlabel("against")
+    ax.set_ylabel("model")
+    ax.set_title("pairwise win rate (row beats column; ties count half)")
+    return _save(fig, path)
+
+
+def ranking(table: pd.DataFrame, path: Path | None = None):
+    """Pairwise: the Bradley–Terry ranking with bootstrap intervals; overlapping neighbours are marked."""
+    _theme()
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(table) + 1.5))
+    ordered = table.iloc[::-1]
+    err = [ordered["score"] - ordered["low"], ordered["high"] - ordered["score"]]
+    ax.errorbar(ordered["score"], ordered["model"], xerr=err, fmt="o", capsize=4)
+    for y, (_, row) in enumerate(ordered.iterrows()):
+        if row["separable"] is False:
+            ax.annotate("not separable from the next", (row["high"], y), xytext=(6, 0), textcoords="offset points",
+                        va="center", fontsize=8, color="#a40000")
+    ax.set_xlabel("Bradley–Terry score (Elo scale, baseline = 1000)")
+    ax.set_title("ranking, 95% bootstrap intervals")
+    return _save(fig, path)
