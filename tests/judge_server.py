@@ -11,7 +11,9 @@ Faults: rate_limit (429 with retry-after), server_error (500), slow (answers aft
 than the client's timeout), malformed_body (200 whose body is not JSON), malformed_json (content that
 is not JSON), schema_violation (JSON that breaks the schema), refusal, reject_response_format (400
 when the request has `response_format`), drop (closes the connection without a response), unauthorized
-(401 whose message quotes the key, as some servers do).
+(401 whose message quotes the key, as some servers do), position_bias (a pairwise verdict that always
+prefers the first answer). Pairwise requests (a schema with `verdict`) get a verdict that does not depend
+on the order of the answers.
 
 Every request is counted and kept (`requests`: the parsed bodies, oldest first); `max_in_flight` is
 the most requests it was answering at once. Scores are a hash of
@@ -39,7 +41,7 @@ from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("rate_limit", "server_error", "slow", "malformed_body", "malformed_json", "schema_violation",
-          "refusal", "reject_response_format", "drop", "unauthorized")
+          "refusal", "reject_response_format", "drop", "unauthorized", "position_bias")
 
 
 @dataclass
@@ -228,9 +230,31 @@ def _schema_of(body: dict) -> dict | None:
     return None
 
 
+_ANSWERS = re.compile(r"\[(?:Answer|답변) A\]\n(.*?)\n\n\[(?:Answer|답변) B\]\n(.*)", flags=re.DOTALL)
+
+
+def verdict_for(body: dict, position_bias: bool = False) -> dict:
+    """A pairwise verdict: the shorter answer wins, much so when it is under half as long (the same in
+    both orders); with `position_bias`, always "A>B" — so the two orders of a pair disagree."""
+    if position_bias:
+        return {"reason": "fake judge: the first answer", "verdict": "A>B"}
+    user = next((m["content"] for m in body.get("messages", []) if m.get("role") == "user"), "")
+    found = _ANSWERS.search(user)
+    a, b = (found.group(1).strip(), found.group(2).strip()) if found else ("", "")
+    if len(a) == len(b):
+        verdict = "A=B"
+    elif len(a) < len(b):
+        verdict = "A>>B" if 2 * len(a) < len(b) else "A>B"
+    else:
+        verdict = "B>>A" if 2 * len(b) < len(a) else "B>A"
+    return {"reason": "fake judge: the shorter answer", "verdict": verdict}
+
+
 def evaluation_for(body: dict) -> dict:
     """A valid answer for the request's schema; scores are a hash of the messages."""
     schema = _schema_of(body) or {"properties": {}}
+    if "verdict" in schema["properties"]:
+        return verdict_for(body)
     seed = json.dumps(body.get("messages"), sort_keys=True)
     answer = {}
     for key, prop in schema["properties"].items():
@@ -267,7 +291,8 @@ def reply_for(server: FakeJudgeServer, body: dict, batch: bool = False, authoriz
     if fault == "slow" and not batch:
         server.sleep(server.slow_s)
 
-    content, refusal = json.dumps(evaluation_for(body), ensure_ascii=False), None
+    answer = verdict_for(body, position_bias=True) if fault == "position_bias" else evaluation_for(body)
+    content, refusal = json.dumps(answer, ensure_ascii=False), None
     if fault == "malformed_json":
         content = '{"accuracy": {"reason": "unterminated'
     elif fault == "schema_violation":
