@@ -65,7 +65,8 @@ def test_a_position_flip_is_a_tie_and_is_counted(outputs, server):
     n = prepare(outputs) // 2
     server.add_fault("position_bias")  # "A>B" whatever is shown first: the two orders disagree
     params = pairwise_params(server)
-    judge.run(judge.plan(params), progress=False)
+    summary = judge.run(judge.plan(params), progress=False)
+    assert summary.flips == (n, n) and f"position flips: {n} of {n} pairs" in str(summary)
     versus = score.run(score.plan(params)).tables["pairwise"].set_index("model")
     assert versus.loc["checkpoint-10", "tie"] == 1.0 and versus.loc["checkpoint-10", "flip_rate"] == 1.0
     assert versus.loc["checkpoint-10", "n"] == n
@@ -133,3 +134,10 @@ def test_the_length_controlled_win_rate_discounts_winning_by_length():
     won = np.concatenate([np.ones(64), np.zeros(16), np.ones(4), np.zeros(16)])
     assert won.mean() == pytest.approx(0.68)
     assert pairwise.lc_win_rate(won, length) == pytest.approx(0.5, abs=0.03)
+
+
+def test_pairwise_through_the_batch_api(outputs, server):
+    n = prepare(outputs) // 2
+    summary = judge.run(judge.plan(pairwise_params(server, batch=True, batch_poll_s=0.02)), progress=False)
+    assert summary.judged == 2 * n and summary.batches == 1 and server.request_count == 0
+    assert summary.flips == (n, 0)

@@ -173,3 +173,17 @@ def reference_verdict(first: dict, second: dict, single: Rubric) -> tuple[int, s
               f" vs B {sides[1][1]:.2f}{' (did not stop: -%.1f)' % UNTERMINATED_PENALTY if sides[1][2] else ''}"
               f": difference {difference:+.2f} -> {label}")
     return verdict, reason, {"a": sides[0][0], "b": sides[1][0], "difference": difference}
+
+
+def position_flips(rows) -> tuple[int, int]:
+    """(pairs judged in both orders, of which position flips) over judgment rows of `judge/pairwise/`:
+    a flip is two orders that prefer different answers (each verdict is from the first-shown side, so
+    both positive or both negative means each order preferred whatever it showed first, or second)."""
+    verdicts: dict[tuple, list[int]] = {}
+    for row in rows:
+        if row.status != "judged" or not row.scores:
+            continue
+        first, _, second = row.checkpoint.partition(PAIR_SEPARATOR)
+        verdicts.setdefault((min(first, second), max(first, second), row.id), []).append(row.scores[CRITERION])
+    both = [v for v in verdicts.values() if len(v) == 2]
+    return len(both), sum(1 for a, b in both if a * b > 0)

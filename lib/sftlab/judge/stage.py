@@ -257,6 +257,7 @@ class Summary:
     seconds: float = 0.0
     error_counts: dict[str, int] = field(default_factory=dict)  # error text -> rows, this run
     batches: int = 0  # Batch API batches created by this run (judge.batch)
+    flips: tuple[int, int] | None = None  # pairwise: (pairs judged in both orders, position flips among them)
 
     def failure_line(self) -> str | None:
         """"judge: 160/160 rows failed — connection failed: ..." when any row of this run failed, else None."""
@@ -282,6 +283,10 @@ class Summary:
         ]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
+        if self.flips is not None:
+            pairs, flips = self.flips
+            rate = f"{flips / pairs:.1%}" if pairs else "n/a"
+            lines.append(f"position flips: {flips} of {pairs} pairs judged in both orders ({rate})")
         if self.failure_line():
             lines.append(self.failure_line())
         return "\n".join(lines)
@@ -371,6 +376,8 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
             bar.close()
     summary.cost_usd = None if any(c is None for c in costs) else round(sum(costs), 6)
     summary.seconds = round(time.monotonic() - started, 2)
+    if planned.mode == "pairwise":
+        summary.flips = pairwise.position_flips(store.latest_rows(planned.directory).values())
     _write_summary(params, planned, summary)
     if summary.failure_line():
         run_record.note_problem(summary.failure_line())
