@@ -21,18 +21,17 @@ on its own: a difference under `TIE_MARGIN` is A=B, over `STRONG_MARGIN` a stron
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab import paths
-from sftlab.judge.rubric import Criterion, InvalidJudgment, Mode, Rubric, RubricError, _describe, _strip_fences
+from sftlab.judge.rubric import (Criterion, InvalidJudgment, Mode, PromptTemplate, Rubric, RubricError, _describe,
+                                 _strip_fences)
 
 VERDICTS = {"A>>B": 2, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -2}
 PLACEHOLDERS = ("{conversation}", "{reference}", "{answer_a}", "{answer_b}")
@@ -51,26 +50,10 @@ class Verdict(BaseModel):
         description="A>>B: A much better; A>B: A better; A=B: about the same; B>A: B better; B>>A: B much better")
 
 
-class PairRubric(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PairRubric(PromptTemplate):
+    """A pairwise rubric file: what the judge is told, and the template with both answers."""
 
-    name: str = Field(min_length=1)
-    language: str = Field(min_length=2)
-    system_prompt: str = Field(min_length=1)
-    user_template: str
-
-    @field_validator("user_template")
-    @classmethod
-    def _has_placeholders(cls, template: str) -> str:
-        missing = [p for p in PLACEHOLDERS if p not in template]
-        if missing:
-            raise ValueError(f"missing placeholder(s) {', '.join(missing)}")
-        return template
-
-    @cached_property
-    def fingerprint(self) -> str:
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    PLACEHOLDERS: ClassVar[tuple[str, ...]] = PLACEHOLDERS
 
     @property
     def criteria(self) -> tuple[Criterion, ...]:

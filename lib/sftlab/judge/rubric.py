@@ -22,7 +22,7 @@ import json
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -60,22 +60,35 @@ class Criterion(BaseModel):
         return scale
 
 
-class Rubric(BaseModel):
+class PromptTemplate(BaseModel):
+    """What every rubric file has: a name, a language, the system prompt, the user template and its
+    placeholders (`PLACEHOLDERS` of the subclass), and a content hash."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    PLACEHOLDERS: ClassVar[tuple[str, ...]] = PLACEHOLDERS
 
     name: str = Field(min_length=1)
     language: str = Field(min_length=2)  # ISO 639-1: the language answers should be in
     system_prompt: str = Field(min_length=1)
     user_template: str
-    criteria: tuple[Criterion, ...] = Field(min_length=1)
 
     @field_validator("user_template")
     @classmethod
     def _has_placeholders(cls, template: str) -> str:
-        missing = [p for p in PLACEHOLDERS if p not in template]
+        missing = [p for p in cls.PLACEHOLDERS if p not in template]
         if missing:
             raise ValueError(f"missing placeholder(s) {', '.join(missing)}")
         return template
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the content (not the path): editing a rubric re-judges, moving it does not."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class Rubric(PromptTemplate):
+    criteria: tuple[Criterion, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique_keys(self) -> "Rubric":
@@ -86,12 +99,6 @@ class Rubric(BaseModel):
         return self
 
     # ---- identity --------------------------------------------------------------------------
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """Hash of the content (not the path): editing a rubric re-judges, moving it does not."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     @property
     def keys(self) -> list[str]:
