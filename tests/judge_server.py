@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import random
 import json
 import re
 import socket
@@ -53,11 +54,15 @@ class Fault:
 
 class FakeJudgeServer:
     def __init__(self, latency_s: float = 0.0, slow_s: float = 2.0, retry_after: str = "0.01",
-                 usage: bool = True):
+                 usage: bool = True, noise: float = 0.0, seed: int = 0):
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.retry_after = retry_after
         self.usage = usage
+        # A noisy judge: each criterion's score is, with this probability, moved one step (wrapping within
+        # the scale) from the one the request's hash gives — so two passes disagree at a known rate.
+        self.noise = noise
+        self._noise_rng = random.Random(seed)
         self.requests: list[dict] = []
         self.faults_served: list[str] = []
         self.authorization: set[str] = set()
@@ -292,6 +297,14 @@ def reply_for(server: FakeJudgeServer, body: dict, batch: bool = False, authoriz
         server.sleep(server.slow_s)
 
     answer = verdict_for(body, position_bias=True) if fault == "position_bias" else evaluation_for(body)
+    if server.noise and "verdict" not in answer:
+        schema = _schema_of(body)
+        with server._lock:
+            for key, item in answer.items():
+                if server._noise_rng.random() < server.noise:
+                    score = schema["properties"][key]["properties"]["score"]
+                    low, high = score.get("minimum", 1), score.get("maximum", 5)
+                    item["score"] = low + (item["score"] - low + 1) % (high - low + 1)
     content, refusal = json.dumps(answer, ensure_ascii=False), None
     if fault == "malformed_json":
         content = '{"accuracy": {"reason": "unterminated'

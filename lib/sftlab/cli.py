@@ -7,6 +7,7 @@
     sftlab prepare-model [NAME_OR_PATH]                                      convert a builtin model now
     sftlab prepare-train PARAMS [--set ...]     write the train config and data, run the label audit, print the
                                                 torchrun command (for launching by hand, e.g. under Slurm)
+    sftlab import-labels PARAMS FILE            import human labels (CSV or JSONL) for the reliability card
     sftlab index                                                             rebuild outputs/index.html
 """
 
@@ -52,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     prepare_train.add_argument("params")
     prepare_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    import_labels = sub.add_parser("import-labels", help="import human labels (CSV or JSONL: id, checkpoint, "
+                                   "labeller, a column per criterion) into outputs/<exp>/labels/")
+    import_labels.add_argument("params")
+    import_labels.add_argument("file")
+    import_labels.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     sub.add_parser("index", help="rebuild outputs/index.html")
     return parser
 
@@ -82,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             print(resolve_model(args.model))
         elif args.command == "prepare-train":
             prepare_train(load_params(args.params, args.overrides))
+        elif args.command == "import-labels":
+            from sftlab import labels
+
+            params = load_params(args.params, args.overrides)
+            count = labels.import_file(params, args.file)
+            print(f"{count} labels imported into {labels.labels_file(params.layout)}; the next score run shows the "
+                  f"judge's agreement with them")
         elif args.command == "index":
             print(reports.build_index())
     except (ParamsError, DataError, ModelError, UnsupervisedEOSError, runner.StageFailed, KernelError,

@@ -179,6 +179,7 @@ class JudgeParams(_Section):
     # single: each answer graded alone on the rubric; pairwise: two answers to the same prompt compared, in
     # both orders (sftlab.judge.pairwise), for "is B better than A?".
     mode: Literal["single", "pairwise"] = "single"
+    repeats: int = Field(1, ge=1)  # judge every row this many times: the reliability card's self-consistency
     pairs: Literal["baseline", "adjacent", "all"] = "baseline"  # pairwise: which models are compared
     pairwise_rubric: str = "params/rubrics/pairwise_ko.yaml"
     pairwise_rubric_by_lang: dict[str, str] | None = {"ko": "params/rubrics/pairwise_ko.yaml",
@@ -212,6 +213,9 @@ class ScoreParams(_Section):
     baseline: str | None = None  # "<experiment>/<checkpoint>" or "<checkpoint>"; default: the base model
     bootstrap: int = Field(2000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
+    # When the judge's self-consistency (Krippendorff's α over judge.repeats passes) falls below this, the
+    # score report says its ranking is not trustworthy instead of naming a winner. None: off.
+    min_alpha: float | None = Field(None, ge=-1, le=1)
     # What was observed of each experiment outside sftlab (e.g. by eye, in an earlier study): shown beside
     # the measured numbers in the study table. experiment -> text.
     observations: dict[str, str] = {}

@@ -48,7 +48,8 @@ class ExperimentLayout:
         train/                    checkpoints, trainer_state.json, train.log, label_audit.html
         generations/              <checkpoint>.jsonl + <checkpoint>.settings.json (infer)
         judge/                    <checkpoint>.jsonl + summary.json (judge)
-        scores/                   summary.csv, differences.csv, study_table.csv, figures/ (score)
+        labels/                   human labels, append-only (sftlab.labels)
+        scores/                   summary.csv, differences.csv, study_table.csv, reliability.json, figures/
         runs/<UTC time>-<stage>/  the immutable record of one stage run: executed notebook, HTML, params
         reports/<stage>.html      the latest run's report (a copy of its record's HTML)
         notebooks/<stage>.ipynb   parameterized copies to open by hand (`sftlab notebook`)
@@ -91,6 +92,10 @@ class ExperimentLayout:
     @property
     def figures(self) -> Path:
         return self.scores / "figures"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
 
     @property
     def runs(self) -> Path:

@@ -167,6 +167,7 @@ def position_flips(rows) -> tuple[int, int]:
         if row.status != "judged" or not row.scores:
             continue
         first, _, second = row.checkpoint.partition(PAIR_SEPARATOR)
-        verdicts.setdefault((min(first, second), max(first, second), row.id), []).append(row.scores[CRITERION])
+        verdicts.setdefault((min(first, second), max(first, second), row.id, row.repeat), []).append(
+            row.scores[CRITERION])
     both = [v for v in verdicts.values() if len(v) == 2]
     return len(both), sum(1 for a, b in both if a * b > 0)

@@ -30,7 +30,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ class Item:
     rubric: Rubric | PairRubric
     key: str
     second: GenerationRow | None = None  # pairwise: the answer shown second (B)
+    repeat: int = 0  # the pass, under judge.repeats
     single: Rubric | None = None  # pairwise: the single-answer rubric the offline judge scores each side with
 
     @property
@@ -181,11 +182,14 @@ def plan(params: Params) -> Plan:
         result.rubrics.update(rubrics)
         items = [Item(row, rubrics[rubric_path(judge, row)], judgment_key(rubrics[rubric_path(judge, row)], identity, row))
                  for row in rows]
+    if judge.repeats > 1:  # the same judgment again: a key of its own per pass, so each pass is a request
+        items = [item if repeat == 0 else replace(item, key=_repeat_key(item.key, repeat), repeat=repeat)
+                 for item in items for repeat in range(judge.repeats)]
     latest = store.latest_rows(directory)
     cache = store.judged_by_key(directory)
     for item in items:
         result.items.append(item)
-        last = latest.get((item.name, item.row.id))
+        last = latest.get((item.name, item.row.id, item.repeat))
         if last and last.key == item.key and last.status == "judged":
             result.up_to_date.append(item)
         elif item.key in cache:
@@ -193,6 +197,11 @@ def plan(params: Params) -> Plan:
         else:
             result.jobs.setdefault(item.key, []).append(item)
     return result
+
+
+def _repeat_key(key: str, repeat: int) -> str:
+    """Pass 0 keeps the key it always had (a cache made without repeats stays valid)."""
+    return hashlib.sha256(f"{key}|repeat {repeat}".encode()).hexdigest()[:32]
 
 
 def pairwise_baseline(params: Params) -> str:
@@ -411,12 +420,12 @@ def _row(item: Item, planned: Plan, outcome: Outcome) -> JudgmentRow:
         overall=item.rubric.overall(outcome.scores) if outcome.scores else None,
         error=outcome.error, raw=outcome.raw, usage=outcome.usage, cost_usd=outcome.cost_usd,
         requests=outcome.requests, structured=outcome.structured, metrics=outcome.metrics, reused_from=None,
-        meta=row.meta, judged_at=_now())
+        meta=row.meta, judged_at=_now(), repeat=item.repeat)
 
 
 def _copied_row(item: Item, cached: JudgmentRow) -> JudgmentRow:
     return cached.model_copy(update={
-        "id": item.row.id, "checkpoint": item.name, "meta": item.row.meta, "usage": None,
+        "id": item.row.id, "checkpoint": item.name, "meta": item.row.meta, "usage": None, "repeat": item.repeat,
         "cost_usd": 0.0, "requests": 0, "reused_from": f"{cached.checkpoint}/{cached.id}", "judged_at": _now()})
 
 

@@ -3,7 +3,8 @@ written by the judge stage and read by it (resume, cache) and by the score stage
 
 Rows are only ever appended (sftlab.jsonl: flushed and fsynced one by one), so a killed run loses at
 most the row being written. A re-run appends a repaired row after the failed one; the latest row per
-(checkpoint, id) is the one that counts — `latest_rows` and `load_frame` return exactly those.
+(checkpoint, id, repeat) is the one that counts — `latest_rows` and `load_frame` return exactly those.
+`repeat` is the pass number under `judge.repeats` (0 for the first and only pass by default).
 
 Raises `JudgmentsError` (a ValueError) naming the file, line and field of a row that cannot be read.
 """
@@ -46,6 +47,7 @@ class JudgmentRow(BaseModel):
     reused_from: str | None = None  # "<checkpoint>/<id>" whose judgment this row copies
     meta: dict[str, Any] = {}
     judged_at: str | None = None
+    repeat: int = 0  # the pass (judge.repeats): the same row judged again, for self-consistency
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -76,12 +78,12 @@ def read_file(path: Path) -> list[JudgmentRow]:
     return rows
 
 
-def latest_rows(directory: Path) -> dict[tuple[str, str], JudgmentRow]:
-    """(checkpoint, id) -> the last row written for it, in checkpoint order."""
-    latest: dict[tuple[str, str], JudgmentRow] = {}
+def latest_rows(directory: Path) -> dict[tuple[str, str, int], JudgmentRow]:
+    """(checkpoint, id, repeat) -> the last row written for it, in checkpoint order."""
+    latest: dict[tuple[str, str, int], JudgmentRow] = {}
     for path in judgment_files(directory):
         for row in read_file(path):
-            latest[(row.checkpoint, row.id)] = row
+            latest[(row.checkpoint, row.id, row.repeat)] = row
     return latest
 
 
@@ -115,7 +117,7 @@ def load_frame(directory: Path):
     """
     import pandas as pd
 
-    rows = sorted(latest_rows(directory).values(), key=lambda r: (checkpoint_order(r.checkpoint), r.id))
+    rows = sorted(latest_rows(directory).values(), key=lambda r: (checkpoint_order(r.checkpoint), r.id, r.repeat))
     frame = pd.DataFrame([jsonl.utf8_safe(r.to_json()) for r in rows], columns=list(FIELDS))
     if frame.empty:
         return frame

@@ -72,15 +72,16 @@ def battles(experiments: list[str]) -> pd.DataFrame:
                 return bases[experiment]
             return f"{experiment}/{checkpoint}" if multi else checkpoint
 
-        for (pair, sample_id), row in judgments_store.latest_rows(layout.judge / "pairwise").items():
+        for (pair, sample_id, repeat), row in judgments_store.latest_rows(layout.judge / "pairwise").items():
             first, _, second = pair.partition(PAIR_SEPARATOR)
-            records.append({"experiment": experiment, "id": sample_id, "first": name(first), "second": name(second),
+            records.append({"experiment": experiment, "id": sample_id, "repeat": repeat, "first": name(first),
+                            "second": name(second),
                             "status": row.status, "error": row.error,
                             "verdict": (row.scores or {}).get(CRITERION) if row.status == "judged" else None,
                             "first_tokens": lengths.get((first, sample_id)),
                             "second_tokens": lengths.get((second, sample_id))})
-    return pd.DataFrame(records, columns=["experiment", "id", "first", "second", "status", "error", "verdict",
-                                          "first_tokens", "second_tokens"])
+    return pd.DataFrame(records, columns=["experiment", "id", "repeat", "first", "second", "status", "error",
+                                          "verdict", "first_tokens", "second_tokens"])
 
 
 def outcomes(judged: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +92,8 @@ def outcomes(judged: pd.DataFrame) -> pd.DataFrame:
     ok["b"] = ok[["first", "second"]].max(axis=1)
     ok["from_a"] = np.where(ok["first"] == ok["a"], ok["verdict"], -ok["verdict"]).astype(float)
     rows = []
-    for (experiment, sample_id, a, b), group in ok.groupby(["experiment", "id", "a", "b"], sort=False):
+    for (experiment, sample_id, repeat, a, b), group in ok.groupby(["experiment", "id", "repeat", "a", "b"],
+                                                                   sort=False):
         if len(group) != 2:
             continue  # one order missing (unjudged or failed): not counted
         v1, v2 = group["from_a"].tolist()
@@ -100,9 +102,9 @@ def outcomes(judged: pd.DataFrame) -> pd.DataFrame:
         first = group.iloc[0]
         a_tokens = first["first_tokens"] if first["first"] == a else first["second_tokens"]
         b_tokens = first["second_tokens"] if first["first"] == a else first["first_tokens"]
-        rows.append({"experiment": experiment, "id": sample_id, "a": a, "b": b, "x": x, "flip": flip,
+        rows.append({"experiment": experiment, "id": sample_id, "repeat": repeat, "a": a, "b": b, "x": x, "flip": flip,
                      "outcome": int(np.sign(x)), "length_diff": float(a_tokens or 0) - float(b_tokens or 0)})
-    return pd.DataFrame(rows, columns=["experiment", "id", "a", "b", "x", "flip", "outcome", "length_diff"])
+    return pd.DataFrame(rows, columns=["experiment", "id", "repeat", "a", "b", "x", "flip", "outcome", "length_diff"])
 
 
 def _interval(values: np.ndarray, groups: np.ndarray, stat, n_boot: int, confidence: float, rng) -> tuple:

@@ -57,12 +57,12 @@ def per_sample(experiments: list[str]) -> pd.DataFrame:
     return samples.sort_values(["experiment", "step", "id"], kind="stable").reset_index(drop=True)
 
 
-def latest_judgments(layout: paths.ExperimentLayout) -> pd.DataFrame:
-    """The judge stage's latest row per (checkpoint, id), flattened for joining."""
+def judgment_passes(layout: paths.ExperimentLayout) -> pd.DataFrame:
+    """The judge stage's latest row per (checkpoint, id, repeat), flattened: one row per pass."""
     records = []
-    for (checkpoint, sample_id), row in judgments_store.latest_rows(layout.judge).items():
+    for (checkpoint, sample_id, repeat), row in judgments_store.latest_rows(layout.judge).items():
         judged = row.status == "judged"
-        record = {"checkpoint": checkpoint, "id": sample_id, "judge_status": row.status,
+        record = {"checkpoint": checkpoint, "id": sample_id, "repeat": repeat, "judge_status": row.status,
                   "overall": row.overall if judged else None, "judge_error": row.error,
                   "cost_usd": row.cost_usd or 0.0, "judge_backend": row.judge.get("backend"),
                   "judge_model": row.judge.get("model")}
@@ -70,6 +70,23 @@ def latest_judgments(layout: paths.ExperimentLayout) -> pd.DataFrame:
             record.update({SCORE_PREFIX + criterion: value for criterion, value in (row.scores or {}).items()})
         records.append(record)
     return pd.DataFrame(records)
+
+
+def latest_judgments(layout: paths.ExperimentLayout) -> pd.DataFrame:
+    """One row per (checkpoint, id) for joining: with several passes (judge.repeats), the mean of the
+    judged passes' scores; `judged` when any pass was, the cost of all passes."""
+    passes = judgment_passes(layout)
+    if passes.empty or passes["repeat"].max() == 0:
+        return passes.drop(columns=["repeat"], errors="ignore")
+    scored = [c for c in passes.columns if c.startswith(SCORE_PREFIX)] + ["overall"]
+    passes[scored] = passes[scored].apply(pd.to_numeric, errors="coerce")
+    judged = passes[passes["judge_status"] == "judged"]
+    means = judged.groupby(["checkpoint", "id"], sort=False)[scored].mean()
+    first = passes.sort_values("repeat").groupby(["checkpoint", "id"], sort=False).agg(
+        judge_status=("judge_status", lambda s: "judged" if (s == "judged").any() else s.iloc[-1]),
+        judge_error=("judge_error", lambda s: next((e for e in s if e), None)), cost_usd=("cost_usd", "sum"),
+        judge_backend=("judge_backend", "first"), judge_model=("judge_model", "first"))
+    return first.join(means).reset_index()
 
 
 def criteria_of(samples: pd.DataFrame) -> list[str]:

@@ -9,7 +9,8 @@ bootstrap intervals, the judge's error rate, the EOS-termination rate, repetitio
 cost; and the paired bootstrap difference of each against a baseline over the sample ids both share.
 
 Writes under outputs/<exp>/scores/: summary.csv, differences.csv, study_table.csv, per_sample.parquet
-and headline.json (read by outputs/index.html); from pairwise judgments (judge.mode: pairwise) also
+reliability.json (the judge's reliability card, sftlab.score.reliability) and headline.json (read by
+outputs/index.html); from pairwise judgments (judge.mode: pairwise) also
 pairwise.csv (each model against the baseline: win/tie/loss with intervals, raw and length-controlled
 win rates, position flips) and ranking.csv (Bradley–Terry scores with intervals, rank, separable): see
 sftlab.score.pairwise. The notebook adds figures/*.png (sftlab.score.views).
@@ -26,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from sftlab.config import Params, atomic_write_text
-from sftlab.score import stats
+from sftlab.score import reliability, stats
 from sftlab.score.samples import ScoreError, per_sample
 
 
@@ -53,6 +54,7 @@ class Summary:
     written: list[Path] = field(default_factory=list)
     judge_failures: dict[str, str] = field(default_factory=dict)  # experiment -> "judge: 3/40 rows failed — ..."
     separability: float | None = None  # pairwise: share of ranking neighbours whose intervals do not overlap
+    reliability: dict = field(default_factory=dict)  # the judge's reliability card (reliability.json)
 
     def __str__(self) -> str:
         summary = self.tables.get("summary", pd.DataFrame())
@@ -69,24 +71,47 @@ def run(planned: Plan) -> Summary:
     differences = stats.paired_differences(samples, planned.baseline, **options)
     study = stats.study_table(summary, params.score.observations)
     failures = stats.judge_failures(samples)
+    pair_tables = pairwise_tables(planned)
+    card = reliability_card(planned, samples, pair_tables)
+    lines = stats.headline(summary, failures)
+    for experiment, entry in card["experiments"].items():
+        line = reliability.headline(entry)
+        if line and experiment in lines:
+            lines[experiment] += f"; {line}"
     out = params.layout.scores
     out.mkdir(parents=True, exist_ok=True)
     written = {"summary.csv": summary.to_csv(index=False), "differences.csv": differences.to_csv(index=False),
                "study_table.csv": study.to_csv(index=False),
-               "headline.json": json.dumps(stats.headline(summary, failures), ensure_ascii=False, indent=2) + "\n"}
+               "reliability.json": json.dumps(card, ensure_ascii=False, indent=2) + "\n",
+               "headline.json": json.dumps(lines, ensure_ascii=False, indent=2) + "\n"}
     for name, text in written.items():
         atomic_write_text(out / name, text)
     samples.drop(columns=["prompt", "meta"], errors="ignore").to_parquet(out / "per_sample.parquet", index=False)
     tables = {"samples": samples, "summary": summary, "differences": differences, "study": study}
     paths_written = [out / name for name in written] + [out / "per_sample.parquet"]
-    pair_tables = pairwise_tables(planned)
     if pair_tables:
         tables.update(pair_tables)
         for name in ("pairwise", "ranking"):
             atomic_write_text(out / f"{name}.csv", pair_tables[name].to_csv(index=False))
             paths_written.append(out / f"{name}.csv")
     return Summary(tables=tables, written=paths_written, judge_failures=failures,
-                   separability=pair_tables.get("separability") if pair_tables else None)
+                   separability=pair_tables.get("separability") if pair_tables else None, reliability=card)
+
+
+def reliability_card(planned: Plan, samples: pd.DataFrame, pair_tables: dict) -> dict:
+    """The judge's reliability card (sftlab.score.reliability), with human agreement where labels exist."""
+    from sftlab import labels, paths
+
+    params = planned.params
+    options = {"n_boot": min(params.score.bootstrap, 1000), "confidence": params.score.confidence, "seed": params.seed}
+    agreement = {}
+    for experiment in planned.experiments:
+        found = labels.agreement(paths.ExperimentLayout.of(experiment),
+                                 samples[samples["experiment"] == experiment], **options)
+        if found:
+            agreement[experiment] = found
+    return reliability.card(planned.experiments, samples, pair_tables, agreement, min_alpha=params.score.min_alpha,
+                            **options)
 
 
 def pairwise_tables(planned: Plan) -> dict:

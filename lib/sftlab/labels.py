@@ -1,0 +1,217 @@
+"""Human labels: a person's scores for a sample of rows, to see how well the judge agrees.
+
+    labels.sample(params, n=20)                  # rows to label: stratified by checkpoint and language
+    labels.widget(params, n=20, labeller="kim")  # in Jupyter: label them one by one (ipywidgets)
+    labels.import_file(params, "my_labels.csv")  # or import a CSV / JSONL file of labels
+    labels.agreement(params.layout, judge_scores, ...)  # judge vs human, for the reliability card
+
+Stored append-only in `outputs/<exp>/labels/labels.jsonl` (sftlab.jsonl), one row per label: `id`,
+`checkpoint`, `scores` {criterion key: integer on the rubric's scale}, `labeller` (free text), `source`
+(widget or the imported file) and `labelled_at`. A label can be revised: the latest row per
+(checkpoint, id) wins. A file to import has one row per labelled answer with the columns `id`,
+`checkpoint`, optionally `labeller`, and one column per criterion key (e.g. `accuracy`) holding the score;
+a bad row is reported with its file, line and field, and nothing of that file is imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sftlab import jsonl, paths
+from sftlab.config import Params
+
+LABELS_FILE = "labels.jsonl"
+RESERVED = ("id", "checkpoint", "labeller", "source", "labelled_at", "scores")
+
+
+class LabelsError(ValueError):
+    """A label file that cannot be imported; the message names the file, line and field."""
+
+
+def labels_file(layout: paths.ExperimentLayout) -> Path:
+    return layout.labels / LABELS_FILE
+
+
+def latest(layout: paths.ExperimentLayout) -> dict[tuple[str, str], dict[str, Any]]:
+    """(checkpoint, id) -> the latest label."""
+    return {(row["checkpoint"], str(row["id"])): row for row in jsonl.read_rows(labels_file(layout))}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def add(layout: paths.ExperimentLayout, checkpoint: str, sample_id: str, scores: dict[str, int], labeller: str,
+        source: str = "widget") -> None:
+    jsonl.append_rows(labels_file(layout), [{"id": str(sample_id), "checkpoint": checkpoint, "scores": scores,
+                                             "labeller": labeller, "source": source, "labelled_at": _now()}])
+
+
+def import_file(params: Params, path: str | Path, criteria: list[str] | None = None) -> int:
+    """Import labels from a CSV or JSONL file; return how many. Checks every row before writing any."""
+    from sftlab.infer import store
+
+    path = Path(path)
+    if not path.exists():
+        raise LabelsError(f"{path}: file not found")
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            raw = [(number, row) for number, row in enumerate(csv.DictReader(f), start=2)]
+    else:
+        raw = [(number, row) for number, row in jsonl.iter_rows(path)]
+    known = {(row.checkpoint, row.id) for row in store.read_generations(params.layout.generations)}
+    rows, problems = [], []
+    for number, row in raw:
+        where = f"{path}:{number}"
+        missing = [k for k in ("id", "checkpoint") if not str(row.get(k) or "").strip()]
+        if missing:
+            problems.append(f"{where}: field '{missing[0]}' is missing")
+            continue
+        key = (str(row["checkpoint"]), str(row["id"]))
+        if key not in known:
+            problems.append(f"{where}: no generation for checkpoint '{key[0]}', id '{key[1]}'")
+            continue
+        scores = row.get("scores") if isinstance(row.get("scores"), dict) else {
+            k: v for k, v in row.items() if k not in RESERVED and str(v or "").strip() != ""}
+        if criteria is not None:
+            unknown = sorted(set(scores) - set(criteria))
+            if unknown:
+                problems.append(f"{where}: field '{unknown[0]}' is not a criterion ({', '.join(criteria)})")
+                continue
+        try:
+            scores = {k: int(float(v)) for k, v in scores.items()}
+        except (TypeError, ValueError):
+            bad = next(k for k, v in scores.items() if not str(v).strip().lstrip("-").replace(".", "", 1).isdigit())
+            problems.append(f"{where}: field '{bad}': expected an integer score, got {scores[bad]!r}")
+            continue
+        if not scores:
+            problems.append(f"{where}: no score (expected a column per criterion key)")
+            continue
+        rows.append({"id": key[1], "checkpoint": key[0], "scores": scores,
+                     "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
+    if problems:
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise LabelsError("labels not imported:\n  " + "\n  ".join(problems[:20]) + more)
+    jsonl.append_rows(labels_file(params.layout), rows)
+    return len(rows)
+
+
+def sample(params: Params, n: int = 20, seed: int | None = None) -> list:
+    """`n` generation rows to label, stratified by checkpoint and language (round robin over the strata,
+    each shuffled with the seed), skipping rows already labelled."""
+    from sftlab.infer import store
+
+    done = set(latest(params.layout))
+    strata: dict[tuple, list] = {}
+    for row in store.read_generations(params.layout.generations):
+        if (row.checkpoint, row.id) not in done:
+            strata.setdefault((row.checkpoint, row.meta.get("lang")), []).append(row)
+    rng = random.Random(params.seed if seed is None else seed)
+    for rows in strata.values():
+        rng.shuffle(rows)
+    picked, queues = [], [list(rows) for _, rows in sorted(strata.items(), key=lambda kv: str(kv[0]))]
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
+def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = None):
+    """An ipywidgets form: one row at a time (question, reference, answer), a slider per criterion of its
+    rubric, Save & next. Each save appends a label (sftlab.labels)."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    from sftlab.judge.rubric import load_rubric
+    from sftlab.judge.stage import rubric_path
+
+    rows = sample(params, n, seed)
+    state = {"index": 0}
+    who = w.Text(value=labeller, description="labeller")
+    text = w.HTML()
+    sliders = w.VBox()
+    status = w.HTML()
+    save = w.Button(description="Save & next", button_style="primary")
+
+    def show() -> None:
+        if state["index"] >= len(rows):
+            text.value, sliders.children = "<b>All sampled rows are labelled.</b>", ()
+            save.disabled = True
+            return
+        row = rows[state["index"]]
+        rubric = load_rubric(rubric_path(params.judge, row))
+        question = "\n".join(m["content"] for m in row.prompt if m.get("role") == "user")
+        import html
+
+        text.value = (f"<p><b>{html.escape(row.checkpoint)} / {html.escape(row.id)}</b> "
+                      f"({state['index'] + 1} of {len(rows)})</p><p><b>Question</b><br>{html.escape(question)}</p>"
+                      f"<p><b>Reference</b><br>{html.escape(row.reference)}</p>"
+                      f"<p><b>Answer</b> ({html.escape(row.finish_reason)})<br>{html.escape(row.output)}</p>")
+        sliders.children = tuple(w.IntSlider(value=c.scale[0], min=c.scale[0], max=c.scale[1], description=c.key,
+                                             tooltip=c.description) for c in rubric.criteria)
+
+    def on_save(_) -> None:
+        row = rows[state["index"]]
+        add(params.layout, row.checkpoint, row.id, {s.description: s.value for s in sliders.children},
+            who.value.strip() or "unknown")
+        status.value = f"saved {row.checkpoint}/{row.id}"
+        state["index"] += 1
+        show()
+
+    save.on_click(on_save)
+    show()
+    form = w.VBox([who, text, sliders, save, status])
+    display(form)
+    return form
+
+
+def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot: int = 1000,
+              confidence: float = 0.95, seed: int = 0) -> dict[str, Any] | None:
+    """Judge vs human on the labelled rows: per criterion weighted (quadratic) Cohen's κ and Spearman ρ,
+    with bootstrap intervals and counts. `judge_scores`: checkpoint, id and `score:<key>` columns (the
+    mean over passes, rounded for κ). None without labels."""
+    from sklearn.metrics import cohen_kappa_score
+
+    from sftlab.score.reliability import _bootstrap, _spearman
+
+    labelled = latest(layout)
+    if not labelled:
+        return None
+    rng = np.random.default_rng(seed)
+    index = judge_scores.set_index(["checkpoint", "id"])
+    result: dict[str, Any] = {"labels": len(labelled),
+                              "labellers": sorted({row["labeller"] for row in labelled.values()}), "criteria": {}}
+    keys = sorted({k for row in labelled.values() for k in row["scores"]})
+    for key in keys:
+        column = f"score:{key}"
+        pairs = []
+        for (checkpoint, sample_id), row in labelled.items():
+            if key in row["scores"] and (checkpoint, sample_id) in index.index and column in index:
+                judged = index.loc[(checkpoint, sample_id), column]
+                if judged is not None and not (isinstance(judged, float) and math.isnan(judged)):
+                    pairs.append((float(judged), float(row["scores"][key])))
+        if not pairs:
+            continue
+        pairs_array = np.array(pairs)
+
+        def kappa(p: np.ndarray) -> float:
+            judge, human = np.rint(p[:, 0]).astype(int), p[:, 1].astype(int)
+            if len(set(judge) | set(human)) < 2:
+                return 1.0 if (judge == human).all() else math.nan
+            return float(cohen_kappa_score(judge, human, weights="quadratic"))
+
+        k = _bootstrap(pairs_array, kappa, n_boot, confidence, rng)
+        rho = _bootstrap(pairs_array, _spearman, n_boot, confidence, rng)
+        result["criteria"][key] = {"n": len(pairs), "kappa": {"estimate": k[0], "low": k[1], "high": k[2]},
+                                   "spearman_rho": {"estimate": rho[0], "low": rho[1], "high": rho[2]}}
+    return result
