@@ -123,3 +123,44 @@ def test_the_labelling_sample_is_stratified_and_skips_labelled_rows(outputs):
     assert {row.checkpoint for row in picked} == {"base", "checkpoint-10"}
     labels.add(params.layout, picked[0].checkpoint, picked[0].id, {"accuracy": 3}, "synthetic-fixture")
     assert (picked[0].checkpoint, picked[0].id) not in {(r.checkpoint, r.id) for r in labels.sample(params, n=20)}
+
+
+def test_pairwise_labels_give_raw_agreement_with_ties(tmp_path, outputs):
+    prepare(outputs, n=6)
+    params = make_params(None, backend="reference", mode="pairwise")
+    judge.run(judge.plan(params), progress=False)
+    outcomes = score.run(score.plan(params)).tables["outcomes"]
+    file = tmp_path / "pairs.jsonl"
+    lines = []
+    for i, row in enumerate(outcomes.itertuples()):
+        # Synthetic fixture: agree with the judge on every pair but the first, each shown in the other order.
+        verdict = -int(row.outcome) if i else int(row.outcome)
+        if i == 0:
+            verdict = 1 if row.outcome <= 0 else -1  # a different winner
+        lines.append(json.dumps({"id": row.id, "first": row.b, "second": row.a, "verdict": verdict,
+                                 "labeller": "synthetic-fixture"}))
+    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert labels.import_file(params, file) == len(outcomes)
+    figures = card_of(params)["human_agreement"]["pairwise"]["raw_agreement"]
+    assert figures["n"] == len(outcomes)
+    assert figures["estimate"] == pytest.approx((len(outcomes) - 1) / len(outcomes), abs=1e-4)
+    assert figures["low"] is not None and figures["low"] <= figures["estimate"] <= figures["high"]
+    pairs = labels.sample_pairs(params, n=50)
+    assert pairs == []  # every judged pair is labelled
+
+
+@pytest.mark.parametrize("mode", ["single", "pairwise"])
+def test_the_labelling_form_saves_what_is_chosen(outputs, mode):
+    prepare(outputs, n=2)
+    params = make_params(None, backend="reference", mode=mode)
+    form = labels.widget(params, n=2, labeller="synthetic-fixture")
+    who, text, controls, save, status = form.children
+    assert "Question" in text.value and ("Answer B" in text.value) == (mode == "pairwise")
+    control = controls.children[0]
+    control.value = "B>A" if mode == "pairwise" else control.max
+    save.click()
+    assert status.value.startswith("saved ")
+    [(key, row)] = labels.latest(params.layout).items()
+    assert row["labeller"] == "synthetic-fixture"
+    assert row["scores"][control.description] == (-1 if mode == "pairwise" else control.max)
+    assert ("~" in key[0]) == (mode == "pairwise")

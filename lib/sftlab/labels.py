@@ -11,6 +11,11 @@ Stored append-only in `outputs/<exp>/labels/labels.jsonl` (sftlab.jsonl), one ro
 (checkpoint, id) wins. A file to import has one row per labelled answer with the columns `id`,
 `checkpoint`, optionally `labeller`, and one column per criterion key (e.g. `accuracy`) holding the score;
 a bad row is reported with its file, line and field, and nothing of that file is imported.
+
+Pairwise labels (`judge.mode: pairwise`) compare two answers: `checkpoint` is `<A>~<B>` (A shown first,
+as in the judge's files) and `scores` is {"verdict": -2..2} from A's side; a file gives `id`, `first`,
+`second` and `verdict` (A>>B, A>B, A=B, B>A, B>>A or -2..2). Agreement is then the raw share of pairs where
+judge and person name the same winner or both a tie (`pairwise_agreement`).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import pandas as pd
 
 from sftlab import jsonl, paths
 from sftlab.config import Params
+from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, pair_name
 
 LABELS_FILE = "labels.jsonl"
-RESERVED = ("id", "checkpoint", "labeller", "source", "labelled_at", "scores")
+RESERVED = ("id", "checkpoint", "labeller", "source", "labelled_at", "scores", "first", "second", "verdict")
 
 
 class LabelsError(ValueError):
@@ -72,9 +78,25 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
     rows, problems = [], []
     for number, row in raw:
         where = f"{path}:{number}"
+        if row.get("first") and row.get("second"):
+            row = {**row, "checkpoint": pair_name(str(row["first"]), str(row["second"]))}
         missing = [k for k in ("id", "checkpoint") if not str(row.get(k) or "").strip()]
         if missing:
             problems.append(f"{where}: field '{missing[0]}' is missing")
+            continue
+        if row.get("first") and row.get("second"):  # a pairwise label
+            verdict = str(row.get("verdict", "")).strip()
+            if verdict not in VERDICTS and verdict.lstrip("-") not in ("0", "1", "2"):
+                problems.append(f"{where}: field 'verdict': expected one of {', '.join(VERDICTS)} or -2..2, "
+                                f"got {verdict!r}")
+                continue
+            missing_side = [s for s in (row["first"], row["second"]) if (str(s), str(row["id"])) not in known]
+            if missing_side:
+                problems.append(f"{where}: no generation for checkpoint '{missing_side[0]}', id '{row['id']}'")
+                continue
+            rows.append({"id": str(row["id"]), "checkpoint": row["checkpoint"],
+                         "scores": {CRITERION: VERDICTS[verdict] if verdict in VERDICTS else int(verdict)},
+                         "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
             continue
         key = (str(row["checkpoint"]), str(row["id"]))
         if key not in known:
@@ -126,16 +148,47 @@ def sample(params: Params, n: int = 20, seed: int | None = None) -> list:
     return picked
 
 
+def sample_pairs(params: Params, n: int = 20, seed: int | None = None) -> list[tuple]:
+    """`n` (first, second) generation-row pairs to compare, from the pairs `judge.pairs` selects, round
+    robin over the pairs of models; which answer is shown first is drawn at random (no position cue)."""
+    from sftlab.infer import store
+    from sftlab.judge.pairwise import model_pairs
+    from sftlab.judge.stage import pairwise_baseline
+
+    by_model: dict[str, dict[str, Any]] = {}
+    for row in store.read_generations(params.layout.generations):
+        by_model.setdefault(row.checkpoint, {})[row.id] = row
+    done = {(pair, sample_id) for pair, sample_id in latest(params.layout) if PAIR_SEPARATOR in pair}
+    rng = random.Random(params.seed if seed is None else seed)
+    queues = []
+    for a, b in model_pairs(list(by_model), params.judge.pairs, pairwise_baseline(params)):
+        shared = [i for i in by_model[a] if i in by_model[b]]
+        rng.shuffle(shared)
+        queue = []
+        for sample_id in shared:
+            first, second = (a, b) if rng.random() < 0.5 else (b, a)
+            if (pair_name(first, second), sample_id) not in done and (pair_name(second, first), sample_id) not in done:
+                queue.append((by_model[first][sample_id], by_model[second][sample_id]))
+        queues.append(queue)
+    picked = []
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
 def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = None):
     """An ipywidgets form: one row at a time (question, reference, answer), a slider per criterion of its
-    rubric, Save & next. Each save appends a label (sftlab.labels)."""
+    rubric, Save & next; in pairwise mode two answers and a verdict. Each save appends a label."""
     import ipywidgets as w
     from IPython.display import display
 
     from sftlab.judge.rubric import load_rubric
     from sftlab.judge.stage import rubric_path
 
-    rows = sample(params, n, seed)
+    pairwise_mode = params.judge.mode == "pairwise"
+    rows = sample_pairs(params, n, seed) if pairwise_mode else sample(params, n, seed)
     state = {"index": 0}
     who = w.Text(value=labeller, description="labeller")
     text = w.HTML()
@@ -148,23 +201,35 @@ def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = N
             text.value, sliders.children = "<b>All sampled rows are labelled.</b>", ()
             save.disabled = True
             return
-        row = rows[state["index"]]
-        rubric = load_rubric(rubric_path(params.judge, row))
-        question = "\n".join(m["content"] for m in row.prompt if m.get("role") == "user")
         import html
 
-        text.value = (f"<p><b>{html.escape(row.checkpoint)} / {html.escape(row.id)}</b> "
-                      f"({state['index'] + 1} of {len(rows)})</p><p><b>Question</b><br>{html.escape(question)}</p>"
-                      f"<p><b>Reference</b><br>{html.escape(row.reference)}</p>"
-                      f"<p><b>Answer</b> ({html.escape(row.finish_reason)})<br>{html.escape(row.output)}</p>")
+        item = rows[state["index"]]
+        row = item[0] if pairwise_mode else item
+        question = "\n".join(m["content"] for m in row.prompt if m.get("role") == "user")
+        head = (f"<p><b>{html.escape(row.id)}</b> ({state['index'] + 1} of {len(rows)})</p>"
+                f"<p><b>Question</b><br>{html.escape(question)}</p><p><b>Reference</b><br>{html.escape(row.reference)}</p>")
+        if pairwise_mode:  # the models stay hidden: the verdict is on the answers alone
+            text.value = head + "".join(f"<p><b>Answer {side}</b><br>{html.escape(answer.output)}</p>"
+                                        for side, answer in zip("AB", item))
+            sliders.children = (w.Dropdown(options=list(VERDICTS), value="A=B", description=CRITERION),)
+            return
+        rubric = load_rubric(rubric_path(params.judge, row))
+        text.value = head + (f"<p><b>Answer</b> of {html.escape(row.checkpoint)} ({html.escape(row.finish_reason)})"
+                             f"<br>{html.escape(row.output)}</p>")
         sliders.children = tuple(w.IntSlider(value=c.scale[0], min=c.scale[0], max=c.scale[1], description=c.key,
                                              tooltip=c.description) for c in rubric.criteria)
 
     def on_save(_) -> None:
-        row = rows[state["index"]]
-        add(params.layout, row.checkpoint, row.id, {s.description: s.value for s in sliders.children},
-            who.value.strip() or "unknown")
-        status.value = f"saved {row.checkpoint}/{row.id}"
+        item = rows[state["index"]]
+        if pairwise_mode:
+            first, second = item
+            checkpoint, sample_id = pair_name(first.checkpoint, second.checkpoint), first.id
+            scores = {CRITERION: VERDICTS[sliders.children[0].value]}
+        else:
+            checkpoint, sample_id = item.checkpoint, item.id
+            scores = {s.description: s.value for s in sliders.children}
+        add(params.layout, checkpoint, sample_id, scores, who.value.strip() or "unknown")
+        status.value = f"saved {checkpoint}/{sample_id}"
         state["index"] += 1
         show()
 
@@ -184,7 +249,7 @@ def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot
 
     from sftlab.score.reliability import _bootstrap, _spearman
 
-    labelled = latest(layout)
+    labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR not in k[0]}  # answers, not pairs
     if not labelled:
         return None
     rng = np.random.default_rng(seed)
@@ -215,3 +280,32 @@ def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot
         result["criteria"][key] = {"n": len(pairs), "kappa": {"estimate": k[0], "low": k[1], "high": k[2]},
                                    "spearman_rho": {"estimate": rho[0], "low": rho[1], "high": rho[2]}}
     return result
+
+
+def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, names: dict[str, str] | None = None,
+                       n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any] | None:
+    """Judge vs person on labelled pairs: the share naming the same winner, or both a tie (raw agreement
+    with ties), with a bootstrap interval. `outcomes`: the score stage's combined pairwise outcomes (a, b,
+    id, outcome from a's side; several passes are averaged). `names` maps checkpoint names to the names
+    used in `outcomes` (a study prefixes the experiment)."""
+    from sftlab.score.reliability import _bootstrap
+
+    labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR in k[0] and CRITERION in v["scores"]}
+    if not labelled or outcomes.empty:
+        return None
+    judged = outcomes.groupby(["a", "b", "id"])["outcome"].mean()
+    names = names or {}
+    agree = []
+    for (pair, sample_id), row in labelled.items():
+        first, _, second = pair.partition(PAIR_SEPARATOR)
+        first, second = names.get(first, first), names.get(second, second)
+        a, b = min(first, second), max(first, second)
+        if (a, b, sample_id) not in judged.index:
+            continue
+        human = row["scores"][CRITERION] * (1 if first == a else -1)
+        agree.append(float(np.sign(judged[(a, b, sample_id)]) == np.sign(human)))
+    if not agree:
+        return None
+    estimate = _bootstrap(np.array(agree), np.mean, n_boot, confidence, np.random.default_rng(seed))
+    return {"labels": len(agree), "labellers": sorted({row["labeller"] for row in labelled.values()}),
+            "raw_agreement": {"estimate": estimate[0], "low": estimate[1], "high": estimate[2], "n": len(agree)}}

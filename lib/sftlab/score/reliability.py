@@ -85,6 +85,9 @@ def self_consistency(passes: pd.DataFrame) -> dict[str, Any]:
 
 
 def length_preference(samples: pd.DataFrame, n_boot: int, confidence: float, rng) -> dict[str, Any]:
+    if "overall" not in samples:  # no single-answer judgments (e.g. pairwise only)
+        return {"spearman_rho": None, "low": None, "high": None, "n": 0,
+                "meaning": "correlation of the overall score with the answer's length in tokens"}
     judged = samples[samples["judge_status"] == "judged"].dropna(subset=["overall"])
     pairs = judged[["overall", "n_tokens"]].to_numpy(dtype=float)
     rho, low, high = _bootstrap(pairs, _spearman, n_boot, confidence, rng)
@@ -184,4 +187,7 @@ def headline(entry: dict[str, Any]) -> str:
     kappas = [c["kappa"]["estimate"] for c in agreement.get("criteria", {}).values() if c.get("kappa")]
     if kappas:
         parts.append(f"human κ {min(kappas):.2f}–{max(kappas):.2f} (n={agreement.get('labels')})")
+    pairs = (agreement.get("pairwise") or {}).get("raw_agreement")
+    if pairs and pairs["estimate"] is not None:
+        parts.append(f"human agreement {pairs['estimate']:.0%} on {pairs['n']} pairs")
     return "card: " + ", ".join(parts) if parts else ""

@@ -101,13 +101,23 @@ def run(planned: Plan) -> Summary:
 def reliability_card(planned: Plan, samples: pd.DataFrame, pair_tables: dict) -> dict:
     """The judge's reliability card (sftlab.score.reliability), with human agreement where labels exist."""
     from sftlab import labels, paths
+    from sftlab.score import pairwise
 
     params = planned.params
     options = {"n_boot": min(params.score.bootstrap, 1000), "confidence": params.score.confidence, "seed": params.seed}
     agreement = {}
+    bases = pairwise._base_name(planned.experiments) if pair_tables else {}
     for experiment in planned.experiments:
-        found = labels.agreement(paths.ExperimentLayout.of(experiment),
-                                 samples[samples["experiment"] == experiment], **options)
+        layout = paths.ExperimentLayout.of(experiment)
+        found = labels.agreement(layout, samples[samples["experiment"] == experiment], **options) or {}
+        if pair_tables:
+            multi = len(planned.experiments) > 1
+            names = {c: bases[experiment] if c == "base" else (f"{experiment}/{c}" if multi else c)
+                     for c in set(samples.loc[samples["experiment"] == experiment, "checkpoint"])}
+            outcomes = pair_tables["outcomes"][pair_tables["outcomes"]["experiment"] == experiment]
+            pairs = labels.pairwise_agreement(layout, outcomes, names, **options)
+            if pairs:
+                found["pairwise"] = pairs
         if found:
             agreement[experiment] = found
     return reliability.card(planned.experiments, samples, pair_tables, agreement, min_alpha=params.score.min_alpha,
