@@ -80,12 +80,41 @@ def main(argv: list[str] | None = None) -> dict:
                        "tokens_per_s": round(sequential_tokens / sequential_s, 1), "tokens": sequential_tokens},
         "speedup": round(sequential_s / batched_s, 2),
         "same_outputs": f"{same}/{len(examples)}",
-        "eos_terminated": sum(row["eos_terminated"] for row in batched.values()),
+        "eos_terminated": sum(row.eos_terminated for row in batched.values()),
         "machine": {"cpus": os.cpu_count(), "load_average_before": round(load_before, 2),
                     "load_average_after": round(load_after, 2), "python": platform.python_version()},
     }
+    result["vllm_vs_hf"] = vllm_figures(model_path, examples, settings, batched, batched_s, batched_tokens)
     print(json.dumps(result, indent=2))
     return result
+
+
+def vllm_figures(model_path: str, examples, settings, batched: dict, batched_s: float, batched_tokens: int) -> dict:
+    """The vLLM engine on the same prompts, same run (engine start not counted): tokens/s ratio to the
+    HF engine's batched decoding, and how many outputs are identical. Skipped without `make setup-vllm`."""
+    from sftlab import models
+    from sftlab.infer.vllm_engine import VLLMEngines, vllm_python
+
+    try:
+        vllm_python()
+    except models.ModelError as e:
+        return {"skipped": str(e)}
+    engines = VLLMEngines(dtype="float32")
+    try:
+        started = time.perf_counter()
+        engine = engines(model_path)
+        start_s = time.perf_counter() - started
+        started = time.perf_counter()
+        generations = engine.generate([e.prompt for e in examples], settings)
+        seconds = time.perf_counter() - started
+    finally:
+        engines.close()
+    tokens = sum(len(g.token_ids) for g in generations)
+    same = sum(g.text == batched[e.id].output for e, g in zip(examples, generations))
+    return {"engine_start_s": round(start_s, 1), "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1), "hf_batched_tokens_per_s": round(batched_tokens / batched_s, 1),
+            "ratio": round((tokens / seconds) / (batched_tokens / batched_s), 2), "goal": ">= 1.5",
+            "same_outputs": f"{same}/{len(examples)}"}
 
 
 if __name__ == "__main__":
