@@ -93,3 +93,25 @@ def test_the_environment_is_missing_says_what_to_run(monkeypatch, tmp_path):
     monkeypatch.setenv("SFTLAB_VLLM_PYTHON", str(tmp_path / "nowhere" / "python"))
     with pytest.raises(models.ModelError, match="make setup-vllm"):
         vllm_python()
+
+
+def test_a_local_judge_is_served_used_and_stopped(outputs):
+    """The plumbing of judge.backend: local with the demo model (its judgments are poor; that is fine)."""
+    import urllib.request
+
+    from test_judge import prepare
+    from sftlab import judge
+    from sftlab.config import validate
+
+    rows = prepare(outputs, n=2)
+    params = validate({"experiment": "judged", "judge": {"backend": "local", "max_retries": 1, "timeout_s": 120}})
+    planned = judge.plan(params)
+    assert planned.estimate()["cost_usd"] == 0.0 and "local" in planned.reason
+    summary = judge.run(planned, progress=False)
+    assert summary.rows == rows and summary.requests >= rows and summary.cost_usd == 0.0
+    frame = judge.load_judgments(params)
+    assert len(frame) == rows and frame["judge"].map(lambda j: "local" in j["model"]).all()
+    log = (outputs / "judged" / "judge" / "local-server.log").read_text(encoding="utf-8")
+    port = log.split("--port ")[1].split()[0]
+    with pytest.raises(OSError):  # the server is gone after the run
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -178,7 +178,9 @@ class InferParams(_Section):
 
 
 class JudgeParams(_Section):
-    backend: Literal["auto", "openai", "reference"] = "auto"  # auto: openai if an endpoint is configured
+    backend: Literal["auto", "openai", "reference", "local"] = "auto"  # auto: openai if an endpoint is configured
+    # local: `vllm serve` this model on 127.0.0.1 for the run (needs `make setup-vllm`), served as judge.model
+    local_model: str = "builtin:smollm2-135m-instruct"
     # single: each answer graded alone on the rubric; pairwise: two answers to the same prompt compared, in
     # both orders (sftlab.judge.pairwise), for "is B better than A?".
     mode: Literal["single", "pairwise"] = "single"

@@ -42,6 +42,7 @@ from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
 from sftlab.judge import cost, pairwise, reference, store
 from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
 from sftlab.judge.batch import BatchJudge
+from sftlab.judge.local import LOCAL_NAME, LocalJudgeServer
 from sftlab.judge.pairwise import PairRubric, load_pair_rubric, model_pairs, pair_name
 from sftlab.judge.rubric import Rubric, load_rubric
 from sftlab.judge.store import JudgmentRow
@@ -65,6 +66,8 @@ class JudgeFailed(RuntimeError):
 def backend_choice(judge: JudgeParams) -> tuple[str, str]:
     """(backend, why): auto -> openai when an endpoint is configured (base_url, or the key's variable is
     set), else the offline reference judge. The reason is shown before anything is sent."""
+    if judge.backend == "local":
+        return "openai", f"judge.backend is local: vllm serve {judge.local_model} on 127.0.0.1, for this run"
     if judge.backend != "auto":
         return judge.backend, f"judge.backend is {judge.backend}"
     if judge.base_url:
@@ -144,7 +147,7 @@ class Plan:
                 prompt_tokens += cost.estimate_tokens(text)
                 completion_tokens += cost.estimate_completion_tokens(len(item.rubric.criteria))
             price = cost.price_for(judge.model, judge.prices, batch=judge.batch)
-            estimated = cost.cost_usd(price, prompt_tokens, completion_tokens)
+            estimated = 0.0 if judge.backend == "local" else cost.cost_usd(price, prompt_tokens, completion_tokens)
         else:
             estimated = 0.0
         return {
@@ -163,7 +166,8 @@ def plan(params: Params) -> Plan:
     judgment per pair of models and order — both orders of every pair `judge.pairs` selects."""
     judge = params.judge
     backend, reason = backend_choice(judge)
-    model = reference.judge_model() if backend == "reference" else judge.model
+    model = (reference.judge_model() if backend == "reference"
+             else f"{judge.local_model} (local vllm serve)" if judge.backend == "local" else judge.model)
     rows = read_generations(params.layout.generations)
     rubrics: dict[str, Rubric | PairRubric] = {}
     for row in rows:
@@ -363,13 +367,22 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                 for key, items in planned.jobs.items():
                     record(key, _reference_outcome(items[0]))
             elif planned.jobs:
-                backend = (BatchJudge(params.judge, state_dir=params.layout.judge) if params.judge.batch
-                           else OpenAIJudge(params.judge))
+                local = None
+                settings = params.judge
+                if settings.backend == "local":  # an open model served on this machine for the run
+                    local = LocalJudgeServer(settings, params.layout.judge / "local-server.log")
+                    settings = settings.model_copy(update={
+                        "base_url": local.__enter__(), "model": LOCAL_NAME, "batch": False,
+                        "prices": {LOCAL_NAME: {"input_per_mtok": 0.0, "output_per_mtok": 0.0}}})
+                backend = (BatchJudge(settings, state_dir=params.layout.judge) if settings.batch
+                           else OpenAIJudge(settings))
                 jobs = [Job(key, items[0].rubric, items[0].row.prompt, items[0].row.reference,
                             items[0].output) for key, items in planned.jobs.items()]
                 try:
                     await backend.judge_all(jobs, lambda job, outcome: record(job.key, outcome))
                 finally:
+                    if local is not None:
+                        local.__exit__()
                     summary.requests, summary.stopped = backend.requests, backend.stopped
                     summary.batches = getattr(backend, "batches_created", 0)
                     summary.structured = backend.mode_counts
