@@ -26,6 +26,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from pydantic import BaseModel, ValidationError
+
 
 log = logging.getLogger("sftlab.jsonl")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a str every surrogate is lone: json.loads joins pairs
@@ -77,6 +79,28 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
             raise RowsError(f"{path}:{number}: not a JSON row (expected an object, got {type(row).__name__})")
         yield number, row
+
+
+def read_models(path: Path, model: type[BaseModel]) -> tuple[list[tuple[int, Any]], list[str]]:
+    """(line number, row validated as `model`) for every row of `path` that validates, and for each one that
+    does not, a problem "path:line: field 'x' ..." (the caller decides whether one problem is fatal).
+    Raises `RowsError` for a line that is not a JSON object."""
+    rows, problems = [], []
+    for number, raw in iter_rows(path):
+        try:
+            rows.append((number, model.model_validate(raw)))
+        except ValidationError as e:
+            problems.append(f"{path}:{number}: {describe(e)}")
+    return rows, problems
+
+
+def describe(error: ValidationError) -> str:
+    """The first problem of a row that does not validate, naming its field."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "row"
+    if first["type"] == "missing":
+        return f"field '{field}' is missing"
+    return f"field '{field}': {first['msg']}, got {first.get('input')!r:.60}"
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, create_model, field_validator
 
 from sftlab import jsonl
 from sftlab.checkpoints import checkpoint_order
@@ -74,17 +74,12 @@ def generation_files(folder: Path) -> list[Path]:
 
 def read_file(path: Path) -> list[GenerationRow]:
     """The rows of one generations file, validated; raises `GenerationsError` naming every bad line."""
-    rows, problems, seen = [], [], set()
+    rows, seen = [], set()
     try:
-        numbered = list(jsonl.iter_rows(path))
+        numbered, problems = jsonl.read_models(path, GenerationRow)
     except jsonl.RowsError as e:
         raise GenerationsError(f"{e}; delete that line and re-run the infer stage to generate it again") from None
-    for number, raw in numbered:
-        try:
-            row = GenerationRow.model_validate(raw)
-        except ValidationError as e:
-            problems.append(f"{path}:{number}: {_describe(e)}")
-            continue
+    for number, row in numbered:
         if row.checkpoint != path.stem:
             problems.append(f"{path}:{number}: field 'checkpoint' is '{row.checkpoint}' in the file of '{path.stem}'")
         elif row.id in seen:
@@ -109,14 +104,6 @@ def read_generations(folder: Path) -> list[GenerationRow]:
 def written_ids(path: Path) -> set[str]:
     """The sample ids already generated into `path` (its torn last line, if any, does not count)."""
     return {row.id for row in read_file(path)}
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "row"
-    if first["type"] == "missing":
-        return f"field '{field}' is missing"
-    return f"field '{field}': {first['msg']}, got {first.get('input')!r:.60}"
 
 
 # --------------------------------------------------------------------------------------------

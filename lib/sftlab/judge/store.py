@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from sftlab import jsonl
 from sftlab.checkpoints import checkpoint_order
@@ -63,19 +63,13 @@ def judgment_files(directory: Path) -> list[Path]:
 
 
 def read_file(path: Path) -> list[JudgmentRow]:
-    rows = []
     try:
-        numbered = list(jsonl.iter_rows(path))
+        numbered, problems = jsonl.read_models(path, JudgmentRow)
     except jsonl.RowsError as e:
         raise JudgmentsError(f"{e}; delete that line and re-run the judge stage to judge it again") from None
-    for number, raw in numbered:
-        try:
-            rows.append(JudgmentRow.model_validate(raw))
-        except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "row"
-            raise JudgmentsError(f"{path}:{number}: field '{field}': {first['msg']}") from None
-    return rows
+    if problems:
+        raise JudgmentsError(problems[0])
+    return [row for _, row in numbered]
 
 
 def latest_rows(directory: Path) -> dict[tuple[str, str, int], JudgmentRow]:
