@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -40,8 +41,10 @@ STRONG_WEIGHT = 3
 ELO_SCALE = 400 / math.log(10)
 
 
-def _base_name(experiments: list[str]) -> dict[str, str]:
-    """experiment -> the name of its base model: `base` when every experiment's base is the same model."""
+def model_namer(experiments: list[str]) -> Callable[[str, str], str]:
+    """name(experiment, checkpoint): a model's name in the tables — the checkpoint alone for one experiment,
+    `<experiment>/<checkpoint>` across several, and `base` for the experiments' base models when they were
+    all generated from the same model with the same settings."""
     fingerprints = {}
     for experiment in experiments:
         settings = paths.ExperimentLayout.of(experiment).generations / "base.settings.json"
@@ -50,36 +53,35 @@ def _base_name(experiments: list[str]) -> dict[str, str]:
             fingerprints[experiment] = json.dumps(record.get("fingerprint", record), sort_keys=True)
         except (FileNotFoundError, json.JSONDecodeError):
             fingerprints[experiment] = experiment
-    shared = len(set(fingerprints.values())) == 1
-    return {e: "base" if shared else f"{e}/base" for e in experiments}
-
-
-def battles(experiments: list[str]) -> pd.DataFrame:
-    """One row per judged order: experiment, id, first, second (model names), verdict (-2..2), and the
-    answers' lengths in tokens; plus status for every row (errors kept, never read as ties)."""
-    from sftlab.infer import store as generations_store
-
-    bases = _base_name(experiments)
+    shared_base = len(set(fingerprints.values())) == 1
     multi = len(experiments) > 1
+
+    def name(experiment: str, checkpoint: str) -> str:
+        if checkpoint == "base" and shared_base:
+            return "base"
+        return f"{experiment}/{checkpoint}" if multi else checkpoint
+
+    return name
+
+
+def battles(experiments: list[str], samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per judged order: experiment, id, first, second (model names), verdict (-2..2), and the
+    answers' lengths in tokens (from `samples`, the per-sample frame the score stage already read); plus
+    status for every row (errors kept, never read as ties)."""
+    name = model_namer(experiments)
+    lengths = {(e, c, i): n for e, c, i, n in samples[["experiment", "checkpoint", "id", "n_tokens"]].itertuples(
+        index=False)}
     records = []
     for experiment in experiments:
         layout = paths.ExperimentLayout.of(experiment)
-        lengths = {(row.checkpoint, row.id): row.n_tokens
-                   for row in generations_store.read_generations(layout.generations)}
-
-        def name(checkpoint: str) -> str:
-            if checkpoint == "base":
-                return bases[experiment]
-            return f"{experiment}/{checkpoint}" if multi else checkpoint
-
         for (pair, sample_id, repeat), row in judgments_store.latest_rows(layout.judge / "pairwise").items():
             first, _, second = pair.partition(PAIR_SEPARATOR)
-            records.append({"experiment": experiment, "id": sample_id, "repeat": repeat, "first": name(first),
-                            "second": name(second),
+            records.append({"experiment": experiment, "id": sample_id, "repeat": repeat,
+                            "first": name(experiment, first), "second": name(experiment, second),
                             "status": row.status, "error": row.error,
                             "verdict": (row.scores or {}).get(CRITERION) if row.status == "judged" else None,
-                            "first_tokens": lengths.get((first, sample_id)),
-                            "second_tokens": lengths.get((second, sample_id))})
+                            "first_tokens": lengths.get((experiment, first, sample_id)),
+                            "second_tokens": lengths.get((experiment, second, sample_id))})
     return pd.DataFrame(records, columns=["experiment", "id", "repeat", "first", "second", "status", "error",
                                           "verdict", "first_tokens", "second_tokens"])
 

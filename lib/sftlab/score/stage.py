@@ -71,7 +71,7 @@ def run(planned: Plan) -> Summary:
     differences = stats.paired_differences(samples, planned.baseline, **options)
     study = stats.study_table(summary, params.score.observations)
     failures = stats.judge_failures(samples)
-    pair_tables = pairwise_tables(planned)
+    pair_tables = pairwise_tables(planned, samples)
     card = reliability_card(planned, samples, pair_tables)
     lines = stats.headline(summary, failures)
     for experiment, entry in card["experiments"].items():
@@ -106,14 +106,12 @@ def reliability_card(planned: Plan, samples: pd.DataFrame, pair_tables: dict) ->
     params = planned.params
     options = {"n_boot": min(params.score.bootstrap, 1000), "confidence": params.score.confidence, "seed": params.seed}
     agreement = {}
-    bases = pairwise._base_name(planned.experiments) if pair_tables else {}
+    name = pairwise.model_namer(planned.experiments)
     for experiment in planned.experiments:
         layout = paths.ExperimentLayout.of(experiment)
         found = labels.agreement(layout, samples[samples["experiment"] == experiment], **options) or {}
         if pair_tables:
-            multi = len(planned.experiments) > 1
-            names = {c: bases[experiment] if c == "base" else (f"{experiment}/{c}" if multi else c)
-                     for c in set(samples.loc[samples["experiment"] == experiment, "checkpoint"])}
+            names = {c: name(experiment, c) for c in set(samples.loc[samples["experiment"] == experiment, "checkpoint"])}
             outcomes = pair_tables["outcomes"][pair_tables["outcomes"]["experiment"] == experiment]
             pairs = labels.pairwise_agreement(layout, outcomes, names, **options)
             if pairs:
@@ -124,20 +122,17 @@ def reliability_card(planned: Plan, samples: pd.DataFrame, pair_tables: dict) ->
                             **options)
 
 
-def pairwise_tables(planned: Plan) -> dict:
+def pairwise_tables(planned: Plan, samples: pd.DataFrame) -> dict:
     """From the pairwise judgments of the compared experiments (none: {}): battles, combined outcomes,
     `pairwise` (against the baseline), `ranking`, `flips` and the share of separable neighbours."""
     from sftlab.score import pairwise
 
     params = planned.params
-    judged = pairwise.battles(planned.experiments)
+    judged = pairwise.battles(planned.experiments, samples)
     if judged.empty:
         return {}
     combined = pairwise.outcomes(judged)
-    experiment, checkpoint = planned.baseline
-    bases = pairwise._base_name(planned.experiments)
-    baseline = bases[experiment] if checkpoint == "base" else (
-        f"{experiment}/{checkpoint}" if len(planned.experiments) > 1 else checkpoint)
+    baseline = pairwise.model_namer(planned.experiments)(*planned.baseline)
     options = {"confidence": params.score.confidence, "seed": params.seed}
     versus = pairwise.versus(combined, baseline, n_boot=params.score.bootstrap, **options)
     ranked, separability = pairwise.ranking(judged, baseline, n_boot=min(params.score.bootstrap, 200), **options)
