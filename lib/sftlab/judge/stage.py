@@ -88,8 +88,12 @@ def rubric_path(judge: JudgeParams, row: GenerationRow) -> str:
 
 
 def judgment_key(rubric: Rubric, judge_model: str, row: GenerationRow) -> str:
-    payload = {"rubric": rubric.fingerprint, "judge": judge_model, "prompt": row.prompt,
-               "reference": row.reference, "output": row.output}
+    return _key({"rubric": rubric.fingerprint, "judge": judge_model, "prompt": row.prompt,
+                 "reference": row.reference, "output": row.output})
+
+
+def _key(payload: dict[str, Any]) -> str:
+    """The cache key of a judgment: a hash of everything its answer depends on."""
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
     # surrogatepass: a lone surrogate in a model output hashes (valid text hashes exactly as with utf-8).
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
@@ -242,9 +246,7 @@ def _pair_items(params: Params, rows: list[GenerationRow], singles: dict[str, Ru
                            "reference": row.reference, "first": row.output, "second": other.output}
                 if identity.startswith("reference:"):  # the offline verdict also depends on how each answer ended
                     payload["finish"] = [row.finish_reason, other.finish_reason]
-                text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
-                key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-                items.append(Item(row, rubric, key, second=other, single=singles[rubric_path(judge, row)]))
+                items.append(Item(row, rubric, _key(payload), second=other, single=singles[rubric_path(judge, row)]))
     return items
 
 
