@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab import paths
 
@@ -224,6 +224,16 @@ class ScoreParams(_Section):
     # What was observed of each experiment outside sftlab (e.g. by eye, in an earlier study): shown beside
     # the measured numbers in the study table. experiment -> text.
     observations: dict[str, str] = {}
+    # The two models the report shows side by side on the same prompts, largest score difference first:
+    # "<checkpoint>" or "<experiment>/<checkpoint>" (A, then B). Empty: the first and the last model scored.
+    compare: list[str] = []
+
+    @field_validator("compare")
+    @classmethod
+    def _two_models(cls, value: list[str]) -> list[str]:
+        if value and len(value) != 2:
+            raise ValueError(f"name two models (A and B) or none, got {len(value)}: {value}")
+        return value
 
 
 class Params(_Section):
@@ -414,8 +424,18 @@ def write_resolved(params: Params, directory: str | os.PathLike | None = None) -
     return target
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide reports from other readers
+
+
 def atomic_write_text(target: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, target)

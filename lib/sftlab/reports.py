@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-from sftlab import paths
-from sftlab.config import atomic_write_text
+from sftlab import pages, paths
+from sftlab.config import FILE_MODE, atomic_write_text
 
 
 def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
@@ -34,16 +34,32 @@ def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
     from nbconvert import HTMLExporter
 
     reports_dir.mkdir(parents=True, exist_ok=True)
-    nb = nbformat.read(notebook, as_version=4)
+    nb = without_widgets(nbformat.read(notebook, as_version=4))
     written = []
     for suffix, exclude_input in ((".html", False), (".no-input.html", True)):
         exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
                                 exclude_output_prompt=exclude_input)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
         target = reports_dir / f"{notebook.stem}{suffix}"
-        atomic_write_text(target, body)
+        atomic_write_text(target, pages.self_contained(body))
         written.append(target)
     return written
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "(an interactive widget: open the notebook in Jupyter to use it)"
+
+
+def without_widgets(nb):
+    """The notebook with its live widgets replaced by a line of text: a widget needs its renderer, which
+    nbconvert's page would fetch from unpkg, and a progress bar or form means nothing in a report."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data") or {}
+            if WIDGET in data:
+                output["data"] = {"text/plain": WIDGET_NOTE}
+    return nb
 
 
 def publish_latest(pages: list[Path], reports_dir: Path, stage: str) -> None:
@@ -54,6 +70,7 @@ def publish_latest(pages: list[Path], reports_dir: Path, stage: str) -> None:
             stale.unlink(missing_ok=True)
     for page in pages:
         fd, tmp = tempfile.mkstemp(dir=reports_dir, prefix=f".{page.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)
         os.close(fd)
         shutil.copyfile(page, tmp)
         os.replace(tmp, reports_dir / page.name)
@@ -81,8 +98,34 @@ def _history(outputs: Path, layout: paths.ExperimentLayout, stage: str, runs: li
     return f'<details><summary>history ({len(runs)})</summary><ol>{"".join(items)}</ol></details>'
 
 
+def _compared(layout: paths.ExperimentLayout) -> list[str]:
+    """The experiments this one's score stage compares (`score.experiments` of its resolved params): a study."""
+    import yaml
+
+    try:
+        resolved = yaml.safe_load(layout.resolved_params.read_text(encoding="utf-8")) or {}
+        return [str(e) for e in (resolved.get("score") or {}).get("experiments") or []]
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+
+
+def _comparisons(outputs: Path, layout: paths.ExperimentLayout, studies: dict[str, list[str]]) -> str:
+    """Links to the score reports that compare this experiment with others: its own when it is a study, and
+    every study it is part of."""
+    links = []
+    for study, members in studies.items():
+        if study == layout.experiment or layout.experiment in members:
+            report = paths.ExperimentLayout(outputs / study).report("score")
+            if report.exists():
+                label = f"compares {len(members)}" if study == layout.experiment else f"compared in {study}"
+                links.append(f'<a href="{_href(outputs, report)}">{html.escape(label)}</a>')
+    return f'<div class="compare">{" · ".join(links)}</div>' if links else ""
+
+
 def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
     rows = []
+    layouts = [paths.ExperimentLayout(f.parent) for f in sorted(outputs.glob("*/status.json"))]
+    studies = {layout.experiment: members for layout in layouts if (members := _compared(layout))}
     for status_file in sorted(outputs.glob("*/status.json")):
         layout = paths.ExperimentLayout(status_file.parent)
         try:
@@ -107,7 +150,7 @@ def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
                 text += _history(outputs, layout, stage, info["history"])
             title = f' title="{html.escape(info["error"])}"' if info.get("error") else ""
             cells.append(f'<td class="{status_class(state)}"{title}>{text}</td>')
-        cells.append(f"<td>{_problems(status, stages)}{_headline(layout)}</td>")
+        cells.append(f"<td>{_problems(status, stages)}{_headline(layout)}{_comparisons(outputs, layout, studies)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return rows
 
@@ -153,6 +196,7 @@ td {{ white-space: nowrap; vertical-align: top; }} details {{ font-size: .85em; 
 .done {{ background: #e6f4e6; }} .failed {{ background: #fbe3e3; }} .running {{ background: #fff5d6; }}
 .not-run {{ color: #999; }} .done-with-errors {{ background: #fde9cf; }}
 .problem {{ color: #a40000; font-weight: bold; white-space: normal; max-width: 50em; }}
+.compare {{ margin-top: .3em; font-size: .9em; }}
 </style></head><body>
 <h1>sftlab experiments</h1>
 <table><tr>{header}</tr>
@@ -160,5 +204,5 @@ td {{ white-space: nowrap; vertical-align: top; }} details {{ font-size: .85em; 
 </table></body></html>
 """
     target = outputs / "index.html"
-    atomic_write_text(target, page)
+    atomic_write_text(target, pages.self_contained(page))
     return target

@@ -64,6 +64,7 @@ def judgment_passes(layout: paths.ExperimentLayout) -> pd.DataFrame:
         judged = row.status == "judged"
         record = {"checkpoint": checkpoint, "id": sample_id, "repeat": repeat, "judge_status": row.status,
                   "overall": row.overall if judged else None, "judge_error": row.error,
+                  "judge_reasons": "\n".join(f"{k}: {v}" for k, v in (row.reasons or {}).items()) or None,
                   "cost_usd": row.cost_usd or 0.0, "judge_backend": row.judge.get("backend"),
                   "judge_model": row.judge.get("model")}
         if judged:
@@ -85,6 +86,7 @@ def latest_judgments(layout: paths.ExperimentLayout) -> pd.DataFrame:
     first = passes.sort_values("repeat").groupby(["checkpoint", "id"], sort=False).agg(
         judge_status=("judge_status", lambda s: "judged" if (s == "judged").any() else s.iloc[-1]),
         judge_error=("judge_error", lambda s: next((e for e in s if e), None)), cost_usd=("cost_usd", "sum"),
+        judge_reasons=("judge_reasons", lambda s: next((r for r in s if r), None)),
         judge_backend=("judge_backend", "first"), judge_model=("judge_model", "first"))
     return first.join(means).reset_index()
 

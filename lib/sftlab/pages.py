@@ -1,0 +1,117 @@
+"""Make an HTML page self-contained and readable anywhere: nothing loaded from the network, Korean drawn even on
+a machine without Korean fonts.
+
+`self_contained(page)`:
+- removes every `<script src=...>` and `<link href=...>` that points off the page (nbconvert's template asks
+  cdnjs for require.js and MathJax, and unpkg for the widget renderer): opened offline such a page waits on
+  failing requests, opened online it tells third parties who reads the report. The reports need neither:
+  tables are inlined DataTables (`sftlab.explorer`), figures are data URIs, text is text.
+- adds a font stack for Korean (Noto Sans KR, Nanum Gothic, Malgun Gothic, Apple SD Gothic Neo: the machine's own
+  font when it has one) ending in an embedded web font: NanumGothic (shipped with `koreanize-matplotlib`, the
+  figures' font) cut down to the Hangul and CJK characters the page holds, so the page carries tens of kilobytes
+  of font, not megabytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import importlib.util
+import io
+import logging
+import re
+from pathlib import Path
+
+FONT_FAMILY = "sftlab NanumGothic"
+# Hangul Jamo, CJK symbols and punctuation, Hangul compatibility Jamo, Kanbun..CJK compatibility, Hangul
+# Jamo extended, Hangul syllables, CJK unified ideographs (Hanja), compatibility ideographs, full-width forms.
+CJK_RANGES = ((0x1100, 0x11FF), (0x3000, 0x33FF), (0x4E00, 0x9FFF), (0xA960, 0xA97F), (0xAC00, 0xD7FF),
+              (0xF900, 0xFAFF), (0xFF00, 0xFFEF))
+KOREAN_FONTS = '"Noto Sans KR", "Nanum Gothic", NanumGothic, "Malgun Gothic", "Apple SD Gothic Neo"'
+TEXT_STACK = (f'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, {KOREAN_FONTS}, '
+              f'"{FONT_FAMILY}", sans-serif')
+CODE_STACK = (f'Menlo, Consolas, "DejaVu Sans Mono", "Liberation Mono", "Noto Sans Mono CJK KR", "D2Coding", '
+              f'{KOREAN_FONTS}, "{FONT_FAMILY}", monospace')
+
+_REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*</script>", re.I)
+_REMOTE_LINK = re.compile(r"<link\b[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//[^>]*>", re.I)
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def font_file() -> Path:
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is None or spec.origin is None:
+        raise ImportError("the reports' Korean font comes with the package koreanize-matplotlib: "
+                          "pip install koreanize-matplotlib")
+    return Path(spec.origin).parent / "fonts" / "NanumGothic.ttf"
+
+
+def _is_cjk(code: int) -> bool:
+    return any(low <= code <= high for low, high in CJK_RANGES)
+
+
+def characters(page: str) -> set[int]:
+    """Hangul and CJK code points the page shows: in its text and markup (entities decoded) and in inline data
+    (JSON `\\uXXXX` escapes, as DataTables' rows are written)."""
+    found = {ord(c) for c in html.unescape(page)}
+    found |= {int(h, 16) for h in _JSON_ESCAPE.findall(page)}
+    return {c for c in found if _is_cjk(c)}
+
+
+@functools.lru_cache(maxsize=1)
+def _cmap() -> frozenset[int]:
+    from fontTools.ttLib import TTFont
+
+    with TTFont(font_file(), lazy=True) as font:
+        return frozenset(font.getBestCmap())
+
+
+def font_face(codepoints: set[int]) -> str:
+    """An @font-face rule with NanumGothic cut to `codepoints` (WOFF, base64 data URI); '' when none is needed."""
+    from fontTools import subset
+
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every table it drops at INFO
+    wanted = sorted(c for c in codepoints if c in _cmap())
+    if not wanted:
+        return ""
+    options = subset.Options()
+    options.flavor = "woff"
+    options.layout_features = ["*"]
+    options.name_IDs = ["*"]
+    options.notdef_outline = True
+    font = subset.load_font(str(font_file()), options)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(unicodes=wanted)
+    subsetter.subset(font)
+    buffer = io.BytesIO()
+    subset.save_font(font, buffer, options)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    ranges = ", ".join(f"U+{low:X}-{high:X}" for low, high in CJK_RANGES)
+    return (f'@font-face {{ font-family: "{FONT_FAMILY}"; font-style: normal; font-weight: 100 900; '
+            f'src: url(data:font/woff;base64,{data}) format("woff"); unicode-range: {ranges}; }}\n')
+
+
+def style(page: str) -> str:
+    """The `<style>` element that self_contained adds: the embedded font for this page and the font stacks."""
+    return (f'<style id="sftlab-fonts">\n{font_face(characters(page))}'
+            f":root {{ --jp-ui-font-family: {TEXT_STACK}; --jp-content-font-family: {TEXT_STACK}; "
+            f"--jp-code-font-family: {CODE_STACK}; }}\n"
+            f"body, table.dataTable, .dt-container {{ font-family: {TEXT_STACK}; }}\n"
+            f"pre, code, kbd, samp {{ font-family: {CODE_STACK}; }}\n</style>")
+
+
+def remote_resources(page: str) -> list[str]:
+    """The tags of `page` that would load something from the network."""
+    return _REMOTE_SCRIPT.findall(page) + _REMOTE_LINK.findall(page)
+
+
+def self_contained(page: str) -> str:
+    page = _REMOTE_LINK.sub("", _REMOTE_SCRIPT.sub("", page))
+    if 'id="sftlab-fonts"' in page:
+        return page
+    fonts = style(page)
+    head_end = page.lower().rfind("</head>")
+    if head_end < 0:
+        return fonts + page
+    return page[:head_end] + fonts + "\n" + page[head_end:]
