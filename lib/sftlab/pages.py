@@ -2,8 +2,9 @@
 a machine without Korean fonts.
 
 `self_contained(page)`:
-- removes every `<script src=...>` and `<link href=...>` that points off the page (nbconvert's template asks
-  cdnjs for require.js and MathJax, and unpkg for the widget renderer): opened offline such a page waits on
+- removes every `<script src=...>` and `<link href=...>` that points off the page, and inline scripts that import
+  from the network (nbconvert's template asks cdnjs for require.js, MathJax and Mermaid; the widget renderer, from
+  unpkg, is kept out by `reports.without_widgets`): opened offline such a page waits on
   failing requests, opened online it tells third parties who reads the report. The reports need neither:
   tables are inlined DataTables (`sftlab.explorer`), figures are data URIs, text is text.
 - adds a font stack for Korean (Noto Sans KR, Nanum Gothic, Malgun Gothic, Apple SD Gothic Neo: the machine's own
@@ -36,6 +37,8 @@ CODE_STACK = (f'Menlo, Consolas, "DejaVu Sans Mono", "Liberation Mono", "Noto Sa
 
 _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*</script>", re.I)
 _REMOTE_LINK = re.compile(r"<link\b[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//[^>]*>", re.I)
+_INLINE_SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script>", re.I | re.S)
+_REMOTE_IMPORT = re.compile(r"""(?:\bimport\s*\(|\bfrom)\s*["'](?:https?:)?//""")
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
@@ -101,13 +104,20 @@ def style(page: str) -> str:
             f"pre, code, kbd, samp {{ font-family: {CODE_STACK}; }}\n</style>")
 
 
+def _remote_imports(page: str) -> list[str]:
+    """Inline scripts that import modules from the network (nbconvert's Mermaid loader does, from cdnjs)."""
+    return [m.group(0) for m in _INLINE_SCRIPT.finditer(page) if _REMOTE_IMPORT.search(m.group(1))]
+
+
 def remote_resources(page: str) -> list[str]:
     """The tags of `page` that would load something from the network."""
-    return _REMOTE_SCRIPT.findall(page) + _REMOTE_LINK.findall(page)
+    return _REMOTE_SCRIPT.findall(page) + _REMOTE_LINK.findall(page) + _remote_imports(page)
 
 
 def self_contained(page: str) -> str:
     page = _REMOTE_LINK.sub("", _REMOTE_SCRIPT.sub("", page))
+    for script in _remote_imports(page):
+        page = page.replace(script, "")
     if 'id="sftlab-fonts"' in page:
         return page
     fonts = style(page)
