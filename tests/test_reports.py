@@ -80,6 +80,13 @@ def test_compare_puts_the_largest_score_difference_first(outputs):
     assert frame["Δ overall"].iloc[0] == pytest.approx(0.8)
     assert frame["B answer"].iloc[0] == "훨씬 낫다" and "이유" in frame["A reasons"].iloc[0]
     assert explorer.default_pair(samples) == ("base", "checkpoint-10")
+    # pairwise verdicts (from the side of the pair's first model in sorted order: "base") join from B's side
+    outcomes = pd.DataFrame({"id": ["s0", "s5"], "a": ["base"] * 2, "b": ["checkpoint-10"] * 2, "x": [-3.0, 0.0],
+                             "flip": [False, True]})
+    joined = explorer.compare_frame(samples, "base", "checkpoint-10", outcomes).set_index("id")
+    assert joined.loc["s0", "pairwise (B's side)"] == 3.0 and joined.loc["s5", "flip"]
+    assert explorer.compare_frame(samples, "checkpoint-10", "base", outcomes).set_index("id").loc[
+        "s0", "pairwise (B's side)"] == -3.0
     with pytest.raises(KeyError, match="no samples of 'checkpoint-99'"):
         explorer.compare_frame(samples, "base", "checkpoint-99")
 

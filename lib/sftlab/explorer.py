@@ -189,10 +189,12 @@ def samples(frame: pd.DataFrame) -> Table:
                                             "judged"])
 
 
-def compare_frame(samples: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+def compare_frame(samples: pd.DataFrame, a: str, b: str, outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
     """Two models on the same sample ids, one row per id, sorted by how much more B scored than A (largest
-    first; ties and unscored by the termination and length). `a` and `b` are "checkpoint" or
-    "experiment/checkpoint" (the score stage's model names)."""
+    difference first, either way). `a` and `b` are "checkpoint" or "experiment/checkpoint" (the score stage's
+    model names). With `outcomes` (the score stage's pairwise table, judge.mode: pairwise) each row also gets the
+    pairwise verdict between the two from B's side (-4..4, both orders summed; 0 when the orders disagree,
+    flagged `flip`), which orders the rows when there are no single scores."""
     from sftlab.score.samples import SCORE_PREFIX
 
     def pick(name: str) -> pd.DataFrame:
@@ -228,14 +230,27 @@ def compare_frame(samples: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    if outcomes is not None and len(outcomes):
+        frame = frame.merge(_verdicts(outcomes, a, b), on="id", how="left")
+        if frame["Δ overall"].isna().all():
+            frame["Δ overall"] = frame["pairwise (B's side)"]
     frame["|Δ|"] = frame["Δ overall"].abs()
     frame = frame.sort_values(["|Δ|", "Δ overall"], ascending=False, na_position="last", kind="stable")
     return frame.drop(columns=["|Δ|"]).dropna(axis=1, how="all").reset_index(drop=True)
 
 
-def compare(samples: pd.DataFrame, a: str, b: str) -> Table:
-    """`compare_frame` as a DataTable: the largest score differences first, B's gains in green, losses in red."""
-    frame = compare_frame(samples, a, b)
+def _verdicts(outcomes: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per id: the pairwise verdict between a and b from b's side, and whether the two orders disagreed."""
+    low, high = sorted((a, b))
+    pair = outcomes[(outcomes["a"] == low) & (outcomes["b"] == high)]
+    side = -1 if high == b else 1  # outcomes' x is from the side of the pair's first model in sorted order
+    grouped = pair.groupby("id", sort=False).agg(x=("x", "mean"), flip=("flip", "any")).reset_index()
+    return pd.DataFrame({"id": grouped["id"], "pairwise (B's side)": side * grouped["x"], "flip": grouped["flip"]})
+
+
+def compare(samples: pd.DataFrame, a: str, b: str, outcomes: pd.DataFrame | None = None) -> Table:
+    """`compare_frame` as a DataTable: the largest differences first."""
+    frame = compare_frame(samples, a, b, outcomes)
     caption = f"A = {a}, B = {b}: {len(frame)} shared samples, largest |Δ overall| first"
     if frame.empty:
         return Table(f"<p>{escape(caption)}</p>")
