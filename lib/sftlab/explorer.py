@@ -55,9 +55,12 @@ def init() -> None:
 
 
 def escape(value: Any) -> str:
+    """HTML-escaped text; line breaks, tabs and carriage returns as markup (pandas' formatter, which the table
+    data passes through, would otherwise show them as the two characters `\\n`)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return html.escape(str(value), quote=True)
+    text = html.escape(str(value), quote=True)
+    return text.replace("\r\n", "\n").replace("\n", "<br>").replace("\t", "&#9;").replace("\r", "&#13;")
 
 
 def text_cell(value: Any, fold_at: int = FOLD_AT) -> str:
@@ -213,19 +216,18 @@ def compare_frame(samples: pd.DataFrame, a: str, b: str, outcomes: pd.DataFrame 
     rows = []
     for sample_id in ids:
         x, y = left.loc[sample_id], right.loc[sample_id]
-        row = {"id": sample_id, "lang": x.get("lang"), "category": x.get("category"),
-               "question": question(x.get("prompt")), "reference": x.get("reference"),
-               "A answer": x.get("output"), "A finish": x.get("finish_reason"),
-               "A overall": pd.to_numeric(x.get("overall"), errors="coerce"),
-               "A reasons": x.get("judge_reasons"),
-               "B answer": y.get("output"), "B finish": y.get("finish_reason"),
-               "B overall": pd.to_numeric(y.get("overall"), errors="coerce"),
-               "B reasons": y.get("judge_reasons")}
+        a_overall = pd.to_numeric(x.get("overall"), errors="coerce")
+        b_overall = pd.to_numeric(y.get("overall"), errors="coerce")
+        row = {"id": sample_id, "question": question(x.get("prompt")), "A answer": x.get("output"),
+               "B answer": y.get("output"), "Δ overall": b_overall - a_overall}
         for column in criteria:
             name = column.removeprefix(SCORE_PREFIX)
             row[f"Δ {name}"] = pd.to_numeric(y.get(column), errors="coerce") - pd.to_numeric(x.get(column),
                                                                                           errors="coerce")
-        row["Δ overall"] = row["B overall"] - row["A overall"]
+        row.update({"A overall": a_overall, "B overall": b_overall, "A finish": x.get("finish_reason"),
+                    "B finish": y.get("finish_reason"), "A reasons": x.get("judge_reasons"),
+                    "B reasons": y.get("judge_reasons"), "reference": x.get("reference"),
+                    "lang": x.get("lang"), "category": x.get("category")})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -254,7 +256,7 @@ def compare(samples: pd.DataFrame, a: str, b: str, outcomes: pd.DataFrame | None
     caption = f"A = {a}, B = {b}: {len(frame)} shared samples, largest |Δ overall| first"
     if frame.empty:
         return Table(f"<p>{escape(caption)}</p>")
-    text = [c for c in ("question", "reference", "A answer", "A reasons", "B answer", "B reasons") if c in frame]
+    text = [c for c in ("question", "A answer", "B answer", "A reasons", "B reasons", "reference") if c in frame]
     return table(frame, text=text, filters=["lang", "category", "A finish", "B finish"], caption=caption)
 
 

@@ -101,7 +101,8 @@ def style(page: str) -> str:
             f":root {{ --jp-ui-font-family: {TEXT_STACK}; --jp-content-font-family: {TEXT_STACK}; "
             f"--jp-code-font-family: {CODE_STACK}; }}\n"
             f"body, table.dataTable, .dt-container {{ font-family: {TEXT_STACK}; }}\n"
-            f"pre, code, kbd, samp {{ font-family: {CODE_STACK}; }}\n</style>")
+            f"pre, code, kbd, samp {{ font-family: {CODE_STACK}; }}\n"
+            "input, select, textarea, button { font-family: inherit; }\n</style>")
 
 
 def _remote_imports(page: str) -> list[str]:
