@@ -168,6 +168,7 @@ def test_korean_labels_have_no_missing_glyphs(outputs, tmp_path):
 def test_score_notebook_over_a_study_folder(outputs, tmp_path):
     for name in ("a", "b"):
         make_experiment(outputs, name, judge_errors=2)
+    (outputs / "a" / "status.json").write_text('{"stages": {}}', encoding="utf-8")  # as if a ran its stages here
     study = tmp_path / "mystudy"
     study.mkdir()
     for name in ("a", "b"):
@@ -182,3 +183,5 @@ def test_score_notebook_over_a_study_folder(outputs, tmp_path):
     assert "정확성" in report and "reference:reference" in report and "repeats itself" not in report
     index = (outputs / "index.html").read_text(encoding="utf-8")
     assert "mystudy-study/reports/score.html" in index and "EOS 100%" in index
+    # the study's comparison is linked from the study and from each of its experiments
+    assert index.count(">compared in mystudy-study</a>") == 2 and ">compares 2</a>" in index
