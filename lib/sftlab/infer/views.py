@@ -16,6 +16,7 @@ import html
 
 from sftlab import jsonl
 from sftlab.config import Params
+from sftlab.explorer import question
 from sftlab.infer import store
 from sftlab.infer.stage import select_checkpoints, select_examples
 from sftlab.metrics import METRICS
@@ -72,14 +73,6 @@ def _text(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _question(prompt) -> str:
-    """The last user message of a chat prompt (the question), or the value itself if not a chat."""
-    if isinstance(prompt, list):
-        users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-        return users[-1] if users else ""
-    return "" if prompt is None else str(prompt)
-
-
 def _answer_cell(row) -> str:
     if row is None:
         return '<td class="missing">(not generated)</td>'
@@ -100,7 +93,7 @@ def side_by_side(generations, samples: int = 8) -> str:
     rows = []
     for sample_id in ids:
         first = next(by_key[(c, sample_id)] for c in checkpoints if (c, sample_id) in by_key)
-        cells = [f"<td>{_text(sample_id)}</td>", f"<td>{_text(_question(first['prompt']))}</td>",
+        cells = [f"<td>{_text(sample_id)}</td>", f"<td>{_text(question(first['prompt']))}</td>",
                  f"<td>{_text(first['reference'])}</td>"]
         cells += [_answer_cell(by_key.get((c, sample_id))) for c in checkpoints]
         rows.append("<tr>" + "".join(cells) + "</tr>")
