@@ -104,7 +104,9 @@ def table(frame: pd.DataFrame, text: Iterable[str] = (), filters: Iterable[str] 
         elif pd.api.types.is_bool_dtype(values):
             shown[column] = values.map(lambda v: "yes" if v else "no")
         elif pd.api.types.is_numeric_dtype(values):
-            shown[column] = values.round(3)
+            whole = values.dropna()
+            whole = len(whole) and bool((whole == whole.round()).all())
+            shown[column] = values.round().astype("Int64") if whole else values.astype("Float64").round(3)
         else:
             shown[column] = values.map(escape)
     shown.columns = [escape(c) for c in shown.columns]
@@ -121,7 +123,7 @@ def table(frame: pd.DataFrame, text: Iterable[str] = (), filters: Iterable[str] 
     if filters:
         options["layout"] = {"top1": "searchPanes"}
         options["searchPanes"] = {"columns": [position[c] for c in filters], "cascadePanes": True,
-                                  "initCollapsed": True, "layout": f"columns-{min(4, len(filters))}",
+                                  "initCollapsed": True, "layout": f"columns-{min(3, len(filters))}",
                                   "dtOpts": {"select": {"style": "multi"}}}
     return Table(STYLE + itables.to_html_datatable(shown, caption=escape(caption) if caption else None, **options))
 
@@ -144,9 +146,11 @@ def judgments(frame: pd.DataFrame, answers: pd.DataFrame | None = None) -> Table
     when given), the scores, the judge's reasons and any error: one row per (checkpoint, sample)."""
     frame = frame.reset_index(drop=True)
     shown = pd.DataFrame({"checkpoint": frame["checkpoint"], "id": frame["id"]})
+    if "repeat" in frame and frame["repeat"].max() > 0:
+        shown["pass"] = frame["repeat"]  # judge.repeats: the same answer judged again
     if answers is not None and len(answers):
         keyed = answers.set_index(["checkpoint", "id"])
-        index = pd.MultiIndex.from_frame(shown)
+        index = pd.MultiIndex.from_frame(shown[["checkpoint", "id"]])
         for column in ("lang", "category"):
             if column in keyed:
                 shown[column] = keyed[column].reindex(index).to_numpy()
@@ -160,7 +164,7 @@ def judgments(frame: pd.DataFrame, answers: pd.DataFrame | None = None) -> Table
     shown["reasons"] = frame["reasons"].map(_reasons) if "reasons" in frame else ""
     shown["error"] = frame.get("error")
     text = [c for c in ("question", "answer", "reasons", "error") if c in shown]
-    return table(shown, text=text, filters=["checkpoint", "lang", "category", "finish_reason", "status"])
+    return table(shown, text=text, filters=["checkpoint", "lang", "category", "finish_reason", "status", "pass"])
 
 
 def _reasons(reasons: Any) -> str:

@@ -74,7 +74,7 @@ def font_face(codepoints: set[int]) -> str:
     """An @font-face rule with NanumGothic cut to `codepoints` (WOFF, base64 data URI); '' when none is needed."""
     from fontTools import subset
 
-    logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every table it drops at INFO
+    logging.getLogger("fontTools").setLevel(logging.ERROR)  # it warns of every table it drops
     wanted = sorted(c for c in codepoints if c in _cmap())
     if not wanted:
         return ""
