@@ -9,7 +9,12 @@ Loading (`load_params`):
     2. if it names `base: other.yaml` (relative to itself), load that first, recursively, and deep-merge
        this file over it (mappings merge key by key; lists and scalars replace);
     3. apply `--set dotted.key=value` overrides (values parsed as YAML: `5` is an int, `true` a bool);
-    4. validate with pydantic.
+    4. validate with pydantic, then what the schema cannot see: the trainer's pass-through values as the
+       training process will parse them (sftlab.trainer_fields), whether the model exists or can be
+       fetched (sftlab.models.model_problem), the pad token against the model's vocabulary.
+
+`experiment` is never inherited from a base: it defaults to the loaded file's own name. Every experiment
+name (`experiment`, `score.experiments`, ...) must be a folder directly under outputs/.
 
 Raises `ParamsError` naming the file (or `--set`) that set the offending key: an unknown key comes with
 the closest valid key, a wrong type with the field and the expected type.

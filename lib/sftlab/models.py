@@ -12,6 +12,9 @@ Environment: SFTLAB_MODEL_CACHE overrides the cache folder (default `<outputs>/m
 
 Raises `ModelError` when the package holding a builtin model is not installed (naming the command
 that installs it) or when the name is not a known builtin.
+
+`model_problem(name_or_path)` says, at params time and without loading anything, why a name cannot be
+loaded: an unknown builtin, a missing folder, a hub id that cannot be fetched offline (sftlab.config).
 """
 
 from __future__ import annotations
@@ -225,7 +228,10 @@ def builtin_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.converting-"))
     try:
-        _convert_gguf(gguf, staging)
+        from sftlab import progress
+
+        with progress.step(f"converting builtin:{name} from {gguf.name} to {target} (once)"):
+            _convert_gguf(gguf, staging)
         try:
             os.rename(staging, target)
         except OSError:
