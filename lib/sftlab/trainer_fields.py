@@ -6,7 +6,7 @@ Every key of the `train:` section that is not one of sftlab's own knobs goes int
 fail 30-200 s later as `SystemExit: 2`. Importing trl takes 3-10 s (torch, transformers), too slow for
 `sftlab resolve`, so the parser's view of each field is read once from the real parser
 (`HfArgumentParser(SFTArguments)`: its argparse actions) and cached as JSON, keyed by the installed trl
-and transformers versions and the training script's source; `make setup` builds it. Later checks read
+and transformers versions and the source of `class SFTArguments`; `make setup` builds it. Later checks read
 only that file (milliseconds).
 
     trainer_fields.names()                          # every SFTConfig field the train section may set
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 from functools import lru_cache
@@ -52,9 +53,21 @@ def cache_file() -> Path:
             versions.append(f"{package}={metadata.version(package)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{package}=none")
-    source = TRAINER_SOURCE.read_bytes() if TRAINER_SOURCE.exists() else b""
-    key = hashlib.sha256(f"{FORMAT}|{'|'.join(versions)}|{sys.version_info[:2]}|".encode() + source).hexdigest()
-    return Path(sys.prefix) / "var" / "sftlab" / f"trainer-fields-{key[:16]}.json"
+    key = hashlib.sha256(f"{FORMAT}|{'|'.join(versions)}|{sys.version_info[:2]}|{_class_source()}".encode())
+    return Path(sys.prefix) / "var" / "sftlab" / f"trainer-fields-{key.hexdigest()[:16]}.json"
+
+
+def _class_source() -> str:
+    """The text of `class SFTArguments` in the training script: an edit elsewhere in that file keeps the cache."""
+    try:
+        text = TRAINER_SOURCE.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    start = text.find("\nclass SFTArguments(")
+    if start < 0:
+        return text
+    end = re.search(r"\n(?=\S)", text[start + 1:])  # the next top-level line after the class
+    return text[start:start + 1 + end.start()] if end else text[start:]
 
 
 @lru_cache(maxsize=1)
@@ -73,6 +86,9 @@ def fields() -> dict[str, dict[str, Any]]:
             json.dump({"fields": described}, f, indent=1, sort_keys=True)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        for stale in path.parent.glob("trainer-fields-*.json"):  # of packages or a class no longer installed
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError:
         pass  # a read-only environment: described again next time (slow, still correct)
     return described
