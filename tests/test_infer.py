@@ -3,6 +3,8 @@ batched generation against one prompt at a time, the HTML side-by-side view, and
 
 import html
 import json
+import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -334,7 +336,7 @@ def test_side_by_side_escapes_model_output_and_keeps_korean():
 
 
 @pytest.mark.slow
-def test_notebook_runs_through_the_runner(tmp_path, outputs, tiny_model_path, tokenizer):
+def test_notebook_runs_through_the_runner(tmp_path, outputs, tiny_model_path, tokenizer, caplog, monkeypatch):
     file = params_file(tmp_path, tiny_model_path, num_samples=4, batch_size=2, max_new_tokens=8)
     params = load_params(file)
     # The base model's rows come first from a fake engine that answers with markup; the notebook
@@ -343,7 +345,16 @@ def test_notebook_runs_through_the_runner(tmp_path, outputs, tiny_model_path, to
     run_inference(params, echo=lambda _: None, make_engine=make)
     add_checkpoints(params, tiny_model_path)
 
+    caplog.set_level(logging.INFO)  # what `sftlab run` shows in the terminal: papermill's log
+    monkeypatch.setenv("SFTLAB_PROGRESS_EVERY_S", "0")  # a progress line per batch (default: one per 10 s)
     runner.run(file, stages=["infer"])
+
+    terminal = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"[sftlab] infer checkpoint-1: loading {params.output_dir / 'train' / 'checkpoint-1'} for 4 samples" in terminal
+    assert "infer checkpoint-1: 0/4 samples (0%), 0s elapsed, ETA unknown" in terminal
+    assert re.search(r"infer checkpoint-2: 2/4 samples \(50%\), [\d.]+ samples/s, \d+s elapsed, ETA \d+s", terminal)
+    assert re.search(r"infer checkpoint-2: 4/4 samples \(100%\), [\d.]+ samples/s, done in \d+s", terminal)
+    assert "base: all 4 samples already in base.jsonl" in terminal
 
     generations = outputs / "tiny" / "generations"
     for name in ("base", "checkpoint-1", "checkpoint-2"):

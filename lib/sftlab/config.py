@@ -9,7 +9,12 @@ Loading (`load_params`):
     2. if it names `base: other.yaml` (relative to itself), load that first, recursively, and deep-merge
        this file over it (mappings merge key by key; lists and scalars replace);
     3. apply `--set dotted.key=value` overrides (values parsed as YAML: `5` is an int, `true` a bool);
-    4. validate with pydantic.
+    4. validate with pydantic, then what the schema cannot see: the trainer's pass-through values as the
+       training process will parse them (sftlab.trainer_fields), whether the model exists or can be
+       fetched (sftlab.models.model_problem), the pad token against the model's vocabulary.
+
+`experiment` is never inherited from a base: it defaults to the loaded file's own name. Every experiment
+name (`experiment`, `score.experiments`, ...) must be a folder directly under outputs/.
 
 Raises `ParamsError` naming the file (or `--set`) that set the offending key: an unknown key comes with
 the closest valid key, a wrong type with the field and the expected type.
@@ -17,16 +22,15 @@ the closest valid key, a wrong type with the field and the expected type.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab import paths
 
@@ -45,6 +49,27 @@ class ParamsError(ValueError):
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+
+# An experiment is a folder directly under outputs/: whatever names one (`experiment`, `score.experiments`,
+# the experiment part of `score.baseline`, `score.observations`' keys) must not reach outside it.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def experiment_name_problem(name: str) -> str | None:
+    if EXPERIMENT_NAME.fullmatch(name):
+        return None
+    return (f"{name!r} is not an experiment name: experiments are folders directly under outputs/, named with "
+            "letters, digits, '.', '_' and '-', not starting with '.', '_' or '-'")
+
+
+def _experiment_name(name: str) -> str:
+    problem = experiment_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+ExperimentName = Annotated[str, AfterValidator(_experiment_name)]
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: see sftlab.models.weights_dtype
 
@@ -214,7 +239,7 @@ class JudgeParams(_Section):
 
 
 class ScoreParams(_Section):
-    experiments: list[str] = []  # other experiments to compare with this one
+    experiments: list[ExperimentName] = []  # other experiments to compare with this one
     baseline: str | None = None  # "<experiment>/<checkpoint>" or "<checkpoint>"; default: the base model
     bootstrap: int = Field(2000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -223,21 +248,31 @@ class ScoreParams(_Section):
     min_alpha: float | None = Field(None, ge=-1, le=1)
     # What was observed of each experiment outside sftlab (e.g. by eye, in an earlier study): shown beside
     # the measured numbers in the study table. experiment -> text.
-    observations: dict[str, str] = {}
+    observations: dict[ExperimentName, str] = {}
     # The two models the report shows side by side on the same prompts, largest score difference first:
     # "<checkpoint>" or "<experiment>/<checkpoint>" (A, then B). Empty: the first and the last model scored.
     compare: list[str] = []
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_experiment_stays_in_outputs(cls, baseline: str | None) -> str | None:
+        if baseline and "/" in baseline:
+            _experiment_name(baseline.rsplit("/", 1)[0])
+        return baseline
 
     @field_validator("compare")
     @classmethod
     def _two_models(cls, value: list[str]) -> list[str]:
         if value and len(value) != 2:
             raise ValueError(f"name two models (A and B) or none, got {len(value)}: {value}")
+        for model in value:
+            if "/" in model:
+                _experiment_name(model.rsplit("/", 1)[0])
         return value
 
 
 class Params(_Section):
-    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    experiment: ExperimentName
     seed: int = 42
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
@@ -261,9 +296,10 @@ class Params(_Section):
 
 
 def sft_config_fields() -> set[str]:
-    from trl import SFTConfig  # slow import, only when the params use trainer keys of their own
+    """The trl.SFTConfig fields the train section may set (sftlab.trainer_fields: without importing trl)."""
+    from sftlab import trainer_fields
 
-    return {f.name for f in dataclasses.fields(SFTConfig)}
+    return trainer_fields.names()
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +357,10 @@ def _load_layers(path: Path, sources: dict[tuple, str], seen: tuple[Path, ...] =
         if not base_path.exists():
             raise ParamsError(f"{path}: base: {base_path} does not exist")
         merged = _load_layers(base_path, sources, seen + (path,))
+        # A name is never inherited: a variant is an experiment of its own, named after its own file
+        # unless it says otherwise (else it would write into its base's folder).
+        merged.pop("experiment", None)
+        sources.pop(("experiment",), None)
     _record_sources(data, str(path), sources)
     return deep_merge(merged, data)
 
@@ -334,12 +374,25 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ParamsError(f"--set {assignment!r}: value is not valid YAML: {e}") from None
-    return key.strip().split("."), value
+    keys = key.strip().split(".")
+    if not all(part.strip() for part in keys):
+        raise ParamsError(f"--set {assignment!r}: empty key between dots in {key.strip()!r}; expected "
+                          f"dotted keys, e.g. train.max_steps=5")
+    return keys, value
 
 
 def apply_overrides(data: dict, overrides: list[str], sources: dict[tuple, str]) -> dict:
     for assignment in overrides:
         keys, value = parse_override(assignment)
+        # Sections that this --set creates are its own: a mistake in them names --set, not the file.
+        node: Any = data
+        for depth, key in enumerate(keys[:-1]):
+            if isinstance(node, dict) and isinstance(node.get(key), dict):
+                node = node[key]
+                continue
+            for end in range(depth + 1, len(keys)):
+                sources[tuple(keys[:end])] = "--set"
+            break
         nested: Any = value
         for key in reversed(keys):
             nested = {key: nested}
@@ -362,16 +415,53 @@ def load_params(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 
 def validate(data: dict, sources: dict[tuple, str] | None = None, default_source: str = "params") -> Params:
+    """The schema, then what it cannot see: the trainer's pass-through values (as the training process
+    will parse them), whether the model exists or can be fetched, the pad token against its vocabulary."""
     sources = sources or {}
     try:
         params = Params.model_validate(data)
     except ValidationError as e:
         raise ParamsError(_explain(e, data, sources, default_source)) from None
-    problem = _pad_token_problem(params)
-    if problem:
-        where = _source_of(("train", "pad_token"), sources, default_source)
-        raise ParamsError(f"invalid params:\n  {where}: train.pad_token: {problem}")
+    problems: list[tuple[tuple, str]] = _trainer_field_problems(params)
+    problems += _model_problems(params)
+    if not problems:  # the pad token is looked up in the model's vocabulary: only once the model is fine
+        pad = _pad_token_problem(params)
+        problems += [(("train", "pad_token"), pad)] if pad else []
+    if problems:
+        lines = [f"{_source_of(loc, sources, default_source)}: {'.'.join(loc)}: {problem}" for loc, problem in problems]
+        raise ParamsError("invalid params:\n  " + "\n  ".join(lines))
     return params
+
+
+def _trainer_field_problems(params: Params) -> list[tuple[tuple, str]]:
+    """The train section's trl.SFTConfig keys, checked as the training process's TrlParser will read them
+    (sftlab.trainer_fields): a wrong value fails here, not 30-200 s into the train stage."""
+    extra = params.train.model_extra or {}
+    if not extra:
+        return []
+    from sftlab import trainer_fields
+
+    problems = []
+    for key, value in extra.items():
+        problem = trainer_fields.problem(key, value)
+        if problem:
+            problems.append((("train", key), f"{problem} (a trl.SFTConfig field)"))
+    return problems
+
+
+def _model_problems(params: Params) -> list[tuple[tuple, str]]:
+    """A model that is neither on disk nor fetchable fails here, not a minute into the train stage."""
+    from sftlab import models
+
+    problems = []
+    problem = models.model_problem(params.model.name_or_path)
+    if problem:
+        problems.append((("model", "name_or_path"), problem))
+    if params.judge.backend == "local":
+        problem = models.model_problem(params.judge.local_model)
+        if problem:
+            problems.append((("judge", "local_model"), problem))
+    return problems
 
 
 def _pad_token_problem(params: Params) -> str | None:
@@ -403,12 +493,20 @@ def from_notebook(params_file: str | None = None, **injected: Any) -> Params:
     data: dict[str, Any] = {}
     if layer_file:
         data = _load_layers(paths.resolve(layer_file), sources)
+    if base:  # a base layer never names the experiment (see _load_layers)
+        data.pop("experiment", None)
+        sources.pop(("experiment",), None)
     given = {k: v for k, v in injected.items() if v not in (None, {}, [])}
     unknown = sorted(set(given) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ParamsError(_unknown_key_message(unknown[0], set(TOP_LEVEL_KEYS), "notebook parameters"))
     _record_sources(given, "notebook parameters", sources)
     data = deep_merge(data, given)
+    if "experiment" not in data and base:
+        # The file that named this base (e.g. `papermill -f variant.yaml`) is not known here, so neither is
+        # its name; the base's name would write into the base's folder.
+        raise ParamsError(f"notebook parameters: experiment: not given, and never taken from a base (base: {base}); "
+                          f"add `experiment: NAME` to the params file or pass -p experiment NAME")
     if "experiment" not in data and layer_file:
         data["experiment"] = Path(layer_file).stem
     return validate(data, sources, default_source=str(layer_file or "notebook parameters"))
@@ -483,9 +581,20 @@ def _data_loc(data: dict, loc: tuple, missing: bool) -> tuple:
         if isinstance(node, dict) and part in node:
             kept.append(part)
             node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            kept.append(part)
+            node = node[part]
         elif missing and part == loc[-1]:
             kept.append(part)
     return tuple(kept)
+
+
+def _dotted(loc: tuple) -> str:
+    """("score", "experiments", 0) -> "score.experiments[0]"."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{part}"
+    return text
 
 
 _EXPECTED = {
@@ -509,7 +618,7 @@ def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], defa
     wrong_type: dict[tuple[str, str, str], list[str]] = {}
     for err in error.errors():
         loc = _data_loc(data, err["loc"], missing=err["type"] == "missing")
-        dotted = ".".join(map(str, loc)) or "(top level)"
+        dotted = _dotted(loc) or "(top level)"
         where = _source_of(loc, sources, default)
         if err["type"] == "extra_forbidden":
             section = ".".join(map(str, loc[:-1]))

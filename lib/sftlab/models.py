@@ -12,12 +12,16 @@ Environment: SFTLAB_MODEL_CACHE overrides the cache folder (default `<outputs>/m
 
 Raises `ModelError` when the package holding a builtin model is not installed (naming the command
 that installs it) or when the name is not a known builtin.
+
+`model_problem(name_or_path)` says, at params time and without loading anything, why a name cannot be
+loaded: an unknown builtin, a missing folder, a hub id that cannot be fetched offline (sftlab.config).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -77,6 +81,121 @@ def local_model_folder(name_or_path: str) -> Path | None:
     return folder if (folder / "config.json").exists() else None
 
 
+# --------------------------------------------------------------------------------------------
+# Params-time check: is the model there (or fetchable)? Fast: no transformers, no hub client.
+# --------------------------------------------------------------------------------------------
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # name, or org/name
+OFFLINE_ENVS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+HUB_PROBE_TIMEOUT_S = 2.0
+
+
+def model_problem(name_or_path: str) -> str | None:
+    """Why `name_or_path` cannot be loaded (None when it can, or may: an uncached hub id while online).
+
+    A builtin name must be known; a local folder must hold a config.json; a name that can only be a path
+    (starts with ./ ../ / ~, has more than one `/`, or its first part is an existing folder) must exist;
+    any other name is a hub id, which, when offline (HF_HUB_OFFLINE, or huggingface.co unreachable), must
+    be in the Hugging Face cache already."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        if local_model_folder(name_or_path) is not None:
+            return None
+        try:
+            builtin_gguf(name_or_path.removeprefix(BUILTIN_PREFIX))
+        except ModelError as e:
+            return str(e)
+        return None
+    local = paths.resolve(name_or_path)
+    if local.exists():
+        if not local.is_dir():
+            return f"{local} is a file, not a model folder (from_pretrained needs a folder with config.json)"
+        if not (local / "config.json").exists():
+            return f"{local} has no config.json: not a model folder (a checkpoint or a save_pretrained folder)"
+        return None
+    if looks_like_path(name_or_path):
+        return f"no such folder: {local}"
+    if not HUB_ID.fullmatch(name_or_path) or ".." in name_or_path:
+        return f"no such folder: {local}, and {name_or_path!r} is not a hub id either"
+    if hub_cached(name_or_path):
+        return None
+    offline = offline_reason()
+    if offline:
+        return (f"no such folder: {local}; and as a hub id it cannot be fetched: {offline}, and it is not in the "
+                f"Hugging Face cache ({hub_cache_dir()})")
+    return None
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only mean a folder, never a hub id (`org/name`)."""
+    if name.startswith(("./", "../", "/", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    if os.sep != "/" and os.sep in name:
+        return True
+    parts = name.split("/")
+    if len(parts) > 2:
+        return True
+    # `outputs/my-model`, `checkpoints/x`: the first part is a folder here, so this is a path
+    return len(parts) == 2 and any((base / parts[0]).is_dir() for base in (Path.cwd(), paths.project_root()))
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def hub_cached(repo_id: str) -> bool:
+    snapshots = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    try:
+        return any((snapshot / "config.json").exists() for snapshot in snapshots.iterdir())
+    except OSError:
+        return False
+
+
+_HUB_REACHABLE: dict[str, bool] = {}
+
+
+def offline_reason() -> str | None:
+    """Why no model can be downloaded now (None: the hub answers)."""
+    for name in OFFLINE_ENVS:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{name} is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _HUB_REACHABLE:
+        _HUB_REACHABLE[endpoint] = _reachable(endpoint)
+    return None if _HUB_REACHABLE[endpoint] else f"{endpoint} cannot be reached (no network?)"
+
+
+def _reachable(url: str) -> bool:
+    """A TCP connection to the endpoint within HUB_PROBE_TIMEOUT_S, name lookup included (in a thread:
+    a hanging DNS lookup ignores socket timeouts)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True, name="sftlab-hub-probe")
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT_S)
+    return bool(result and result[0])
+
+
 def vocabulary(folder: str | Path) -> dict[str, int]:
     """The tokenizer's vocabulary, added tokens included."""
     from transformers import AutoTokenizer
@@ -109,7 +228,10 @@ def builtin_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.converting-"))
     try:
-        _convert_gguf(gguf, staging)
+        from sftlab import progress
+
+        with progress.step(f"converting builtin:{name} from {gguf.name} to {target} (once)"):
+            _convert_gguf(gguf, staging)
         try:
             os.rename(staging, target)
         except OSError:

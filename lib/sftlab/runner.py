@@ -27,6 +27,9 @@ Kernel: this environment's own (`sftlab.kernel.name()`, registered if missing) u
 SFTLAB_KERNEL names another; `sftlab.kernel.ensure` raises `KernelError` before anything is written if
 the kernel's interpreter is another environment or imports another checkout's sftlab. While a stage runs,
 its kernel sees SFTLAB_RUN (the run folder) and SFTLAB_EXPECT_PACKAGE (this sftlab's package folder).
+Terminal: papermill logs each cell's printed output as it comes (`log_output`); the stages print their
+progress as text lines there (sftlab.progress). A stage that prints nothing for QUIET_S seconds (imports,
+a long step) gets a `still running` line from the runner, so the terminal never looks dead.
 Raises `StageFailed` at the first failing stage, with the failing cell's error and the paths of the
 executed notebook and its report; the stages after it are not run.
 """
@@ -38,6 +41,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +57,7 @@ RUN_ENV = record.RUN_ENV  # the run folder, for the stage code in the kernel (sf
 # A stage run's status. The index shows any string (its CSS class is derived from it).
 RUNNING, DONE, FAILED = "running", "done", "failed"
 DONE_WITH_ERRORS = "done with errors"  # the notebook ran through, but the stage noted problems (sftlab.record)
+QUIET_S = 20.0  # after this long without output from a stage, the runner says it is still running
 
 log = logging.getLogger("sftlab.runner")
 
@@ -162,7 +167,8 @@ def run_stage(
         log.info("[%s] judge: %s, because %s", params.experiment, *backend_choice(params.judge))
     error = None
     try:
-        with _environment({RUN_ENV: str(run_dir), sftlab_kernel.EXPECT_PACKAGE_ENV: str(sftlab_kernel.package_dir())}):
+        with _environment({RUN_ENV: str(run_dir), sftlab_kernel.EXPECT_PACKAGE_ENV: str(sftlab_kernel.package_dir())}), \
+                _QuietWatch(f"[{params.experiment}] {stage}"):
             papermill.execute_notebook(
                 str(source),
                 str(executed),
@@ -233,6 +239,43 @@ def _new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> 
         except FileExistsError:
             continue
     raise AssertionError("unreachable")
+
+
+class _QuietWatch(logging.Handler):
+    """While a stage runs: notes the time of papermill's every log line (a cell starting, a printed line) and
+    which cell runs; after `quiet_s` seconds without one, logs `<label>: still running cell N, ...`."""
+
+    def __init__(self, label: str, quiet_s: float = QUIET_S):
+        super().__init__(level=logging.DEBUG)
+        self.label, self.quiet_s = label, quiet_s
+        self.started = self.last = time.monotonic()
+        self.cell = "?"
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="sftlab-quiet-watch")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = time.monotonic()
+        message = record.getMessage()
+        if message.startswith("Executing Cell "):
+            self.cell = message.removeprefix("Executing Cell ").strip("- ")
+
+    def _watch(self) -> None:
+        while not self.done.wait(1.0):
+            now = time.monotonic()
+            if now - self.last >= self.quiet_s:
+                self.last = now
+                log.info("%s: still running cell %s, %.0f s without output (%.0f s into the stage)",
+                         self.label, self.cell, self.quiet_s, now - self.started)
+
+    def __enter__(self) -> "_QuietWatch":
+        logging.getLogger("papermill").addHandler(self)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        logging.getLogger("papermill").removeHandler(self)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sftlab import checkpoints, data, jsonl, metrics, models
+from sftlab import checkpoints, data, jsonl, metrics, models, progress
 from sftlab.config import Params
 from sftlab.infer import store
 from sftlab.infer.engine import Generation, GenerationEngine, GenerationSettings, HFEngine, prompt_text
@@ -196,8 +196,6 @@ def run(planned: Plan, echo: Callable[[str], None] = print,
 
 
 def _run(planned: Plan, echo: Callable[[str], None], make_engine: Callable[[str], GenerationEngine]) -> Summary:
-    from tqdm.auto import tqdm
-
     params, settings, examples = planned.params, planned.settings, planned.examples
     if params.infer.num_samples and params.infer.num_samples > len(examples):
         echo(f"[sftlab] infer.num_samples={params.infer.num_samples}, but the test set has {len(examples)} rows: "
@@ -212,10 +210,11 @@ def _run(planned: Plan, echo: Callable[[str], None], make_engine: Callable[[str]
             echo(f"[sftlab] {name}: all {len(examples)} samples already in {job.path.name}")
             continue
         store.write_settings(job.path, job.fingerprint)
-        engine = make_engine(job.target.path)
+        with progress.step(f"infer {name}: loading {job.target.path} for {len(job.todo)} samples", echo=echo):
+            engine = make_engine(job.target.path)
         started, n_tokens = time.time(), 0
-        with jsonl.Appender() as out, \
-                tqdm(total=len(examples), initial=len(examples) - len(job.todo), desc=name, unit="sample") as bar:
+        with jsonl.Appender() as out, progress.bar(len(examples), f"infer {name}", unit="sample",
+                                                   initial=len(examples) - len(job.todo)) as bar:
             for rows in generate_rows(engine, job.todo, settings, params.infer.batch_size, name):
                 out.extend(job.path, [row.to_json() for row in rows])  # on disk before the next batch
                 n_tokens += sum(row.n_tokens for row in rows)

@@ -182,11 +182,11 @@ class BatchJudge(OpenAIJudge):
     async def _collect(self, client: openai.AsyncOpenAI, state: list[dict], record: dict,
                        deadline: float | None) -> None:
         """Poll the batch to its end (cancelling it past the deadline), then settle every line."""
-        from tqdm.auto import tqdm
+        from sftlab.progress import bar as progress_bar
 
         p = self.params
         cancelled = False
-        with tqdm(total=len(record["lines"]), desc=f"batch {record['id']}", unit="request", leave=False) as bar:
+        with progress_bar(len(record["lines"]), f"judge batch {record['id']}", unit="request", leave=False) as bar:
             while True:
                 batch = await self._call(lambda: client.batches.retrieve(record["id"]))
                 counts = batch.request_counts

@@ -336,7 +336,7 @@ def run_sync(coroutine):
 
 
 async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
-    from tqdm.auto import tqdm
+    from sftlab.progress import bar as progress_bar
 
     started = time.monotonic()
     summary = Summary(planned.backend, planned.model, rows=len(planned.items),
@@ -346,7 +346,7 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
         for item, cached in planned.reuse:
             out.append(_copied_row(item, cached))
 
-        bar = tqdm(total=planned.to_judge, desc="judge", unit="row", disable=not progress)
+        bar = progress_bar(planned.to_judge, "judge", unit="row", disable=not progress)
 
         def record(key: str, outcome: Outcome) -> None:
             items = planned.jobs[key]

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from sftlab import checkpoints, data, models
+from sftlab import checkpoints, data, models, progress
 from sftlab.config import Params, atomic_write_text
 from sftlab.train import audit, launch
 
@@ -70,9 +70,11 @@ def prepare_and_audit(params: Params, echo: Callable[[str], None] = print) -> Pl
     train_examples, _ = data.load_splits(params.data, params.seed)
     base_model = models.resolve_model(params.model.name_or_path)
     planned = prepare(params, train_examples, base_model)
-    planned.label_audit = audit.run_label_audit(planned.config_path, rows=params.train.audit_rows,
-                                                html_path=planned.audit_html,
-                                                allow_unsupervised_eos=params.train.allow_unsupervised_eos)
+    with progress.step(f"train: label audit of {params.train.audit_rows} rows, tokenized and collated as the "
+                       f"trainer will", echo=echo):
+        planned.label_audit = audit.run_label_audit(planned.config_path, rows=params.train.audit_rows,
+                                                    html_path=planned.audit_html,
+                                                    allow_unsupervised_eos=params.train.allow_unsupervised_eos)
     echo(f"label audit: {planned.label_audit.summary()}")
     return planned
 

@@ -31,7 +31,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from trl import SFTConfig
 
-from sftlab import models
+from sftlab import models, progress
 from sftlab.checkpoints import newest_complete
 from sftlab.config import Collator, DType, collator_conflict
 
@@ -185,20 +185,31 @@ def load_rows(train_file: str):
 
 
 class ProgressPrinter(TrainerCallback):
-    """One line per logging step (rank 0): readable live in a notebook cell and in train.log."""
+    """One line per logging step (rank 0): readable live in a notebook cell and in train.log. Under
+    `sftlab run` (sftlab.progress text mode) also a short step line when `EVERY_S` seconds passed without
+    one, so the terminal never goes quiet between two logging steps."""
 
     def __init__(self):
-        self.started = time.time()
+        self.started = self.last_line = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
+        numbers = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+        self._print(state, numbers + " ")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if (state.is_world_process_zero and progress.text_mode()
+                and time.time() - self.last_line >= progress.EVERY_S):
+            self._print(state, "")
+
+    def _print(self, state, numbers: str) -> None:
         elapsed = time.time() - self.started
         done = state.global_step / max(state.max_steps, 1)
         eta = elapsed / done * (1 - done) if done > 0 else float("nan")
-        numbers = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
-        print(f"[sftlab] step {state.global_step}/{state.max_steps} ({done:.0%}) {numbers} "
+        print(f"[sftlab] step {state.global_step}/{state.max_steps} ({done:.0%}) {numbers}"
               f"elapsed={elapsed:.0f}s eta={eta:.0f}s", flush=True)
+        self.last_line = time.time()
 
 
 class SaveLastStep(TrainerCallback):
