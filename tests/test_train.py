@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -281,6 +282,37 @@ def test_resume_after_sigkill_finishes_with_a_continuous_history(tmp_path, outpu
     assert state["global_step"] == 12
     logged = [e["step"] for e in state["log_history"] if "loss" in e]
     assert logged == list(range(1, 13))  # every step once: nothing lost, nothing repeated
+    tokens = [e["num_tokens"] for e in state["log_history"] if "num_tokens" in e]
+    assert len(tokens) == 12 and all(a < b for a, b in zip(tokens, tokens[1:]))  # counted on, not from 0
+    summary = json.loads((plan.train_dir / "train_summary.json").read_text())
+    assert summary["tokens"] == tokens[-1] and summary["resumed_from_step"] == killed_at
+
+
+@pytest.mark.slow
+def test_a_resumed_run_counts_tokens_as_an_uninterrupted_one(tmp_path, outputs, tiny_model_path):
+    """Train 6 steps; then cut the folder back to what a kill after checkpoint-3 leaves and resume to 6."""
+    params, plan = plan_for(tmp_path, tiny_model_path, max_steps=6, save_steps=3)
+    train.run(plan, echo=lambda line: None)
+    whole = json.loads((plan.train_dir / "train_summary.json").read_text())
+    whole_log = json.loads((plan.train_dir / "trainer_state.json").read_text())["log_history"]
+
+    for path in (plan.train_dir / "checkpoint-6", plan.train_dir / "trainer_state.json",
+                 plan.train_dir / "train_summary.json"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    examples, _ = data.load_splits(params.data, params.seed)
+    lines = []
+    train.run(train.prepare(params, examples, str(tiny_model_path)), echo=lines.append)
+    assert any("resuming from" in line and "checkpoint-3" in line for line in lines)
+    resumed = json.loads((plan.train_dir / "train_summary.json").read_text())
+    log = json.loads((plan.train_dir / "trainer_state.json").read_text())["log_history"]
+
+    tokens = [e["num_tokens"] for e in log if "num_tokens" in e]
+    assert len(tokens) == 6 and all(a < b for a, b in zip(tokens, tokens[1:]))
+    assert tokens == [e["num_tokens"] for e in whole_log if "num_tokens" in e]  # the same batches, the same counts
+    assert resumed["resumed_from_step"] == 3 and whole["resumed_from_step"] is None
+    for key in ("global_step", "tokens", "supervised_tokens", "padding_fraction"):
+        assert resumed[key] == whole[key], key  # the whole run's counts, not this launch's
+    assert resumed["tokens_per_s"] > 0 and resumed["supervised_tokens"] > 0
 
 
 def test_padding_free_packing_keeps_sequences_apart_on_this_device(tiny_model_path):

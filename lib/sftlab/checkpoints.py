@@ -3,10 +3,15 @@
 A checkpoint is *complete* when the trainer wrote its state file and the model weights: the trainer
 writes `trainer_state.json` after the weights, optimizer and scheduler, so a folder left by a kill in
 the middle of a save lacks it and is never resumed from or evaluated.
+
+`content_fingerprint(folder)` identifies a model folder (a checkpoint, a converted base model) by what
+it generates with, never by where it is or when its files were written: a copied or moved experiment
+keeps its generations, a retrained checkpoint does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -77,3 +82,50 @@ def remove_partial(train_dir: Path) -> list[Path]:
     for path in partial:
         shutil.rmtree(path)
     return partial
+
+
+# --------------------------------------------------------------------------------------------
+# Content fingerprint
+# --------------------------------------------------------------------------------------------
+
+# What a checkpoint folder holds for resuming only (optimizer, scheduler, RNG, the pickled arguments with
+# their absolute output_dir, the trainer state): nothing a model generates with.
+_NOT_THE_MODEL = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|training_args\.bin|"
+                            r"trainer_state\.json|README\.md)$")
+FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole (config, tokenizer, chat template)
+SAMPLES, SAMPLE_BYTES = 64, 64 * 2**10  # larger ones (weights): their header and 64 chunks spread over the file
+
+
+def content_fingerprint(folder: Path) -> str:
+    """A hash of the model files of `folder` (its own files, not subfolders): each one's name and size,
+    small files whole, and of a weight file its header (a safetensors header lists every tensor's name,
+    dtype, shape and offsets) plus 64 chunks of 64 KiB spread evenly over it. Fine-tuning changes every
+    weight, so any retrained checkpoint differs in every chunk; a copy (cp -r, tar, rsync) does not differ
+    at all, whatever its modification times. Reads about 4 MiB per weight file: cheap enough to compute
+    each time, so there is no cache to go stale."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and not _NOT_THE_MODEL.match(p.name)):
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            if size <= FULL_HASH_BYTES:
+                digest.update(f.read())
+                continue
+            header = _safetensors_header_size(f, size) if path.suffix == ".safetensors" else 0
+            f.seek(0)
+            digest.update(f.read(header))
+            rest = size - header
+            if rest <= FULL_HASH_BYTES:
+                digest.update(f.read())
+                continue
+            for i in range(SAMPLES):
+                f.seek(header + (rest - SAMPLE_BYTES) * i // (SAMPLES - 1))
+                digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:32]
+
+
+def _safetensors_header_size(f, size: int) -> int:
+    """8 bytes of little-endian length, then that much JSON; 0 when the file does not look like that."""
+    f.seek(0)
+    length = int.from_bytes(f.read(8), "little")
+    return 8 + length if 8 + length <= min(size, 100 * 2**20) else 0

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from sftlab import reports, runner
-    from sftlab.train import UnsupervisedEOSError
+    from sftlab.train import TrainLocked, UnsupervisedEOSError
     from sftlab.config import ParamsError, load_params
     from sftlab.data import DataError
     from sftlab.kernel import KernelError
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"judge's agreement with them")
         elif args.command == "index":
             print(reports.build_index())
-    except (ParamsError, DataError, ModelError, UnsupervisedEOSError, runner.StageFailed, KernelError,
+    except (ParamsError, DataError, ModelError, UnsupervisedEOSError, TrainLocked, runner.StageFailed, KernelError,
             FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
@@ -112,6 +112,7 @@ def prepare_train(params) -> None:
 
     write_resolved(params)
     planned = train.prepare_and_audit(params, echo=lambda line: print(line, file=sys.stderr))
+    train.release(planned)  # the torchrun started by hand is not ours to lock for
     print(f"train config: {planned.config_path}", file=sys.stderr)
     print(" ".join(planned.command))
 

@@ -46,6 +46,7 @@ class ExperimentLayout:
         config.resolved.yaml      the params as last run, every default spelled out
         status.json               per stage: the latest run and the history of runs
         train/                    checkpoints, trainer_state.json, train.log, label_audit.html
+        train.lock                while a trainer runs: who holds the experiment (sftlab.train.lock)
         generations/              <checkpoint>.jsonl + <checkpoint>.settings.json (infer)
         judge/                    <checkpoint>.jsonl + summary.json (judge)
         labels/                   human labels, append-only (sftlab.labels)
@@ -76,6 +77,11 @@ class ExperimentLayout:
     @property
     def train(self) -> Path:
         return self.root / "train"
+
+    def train_lock(self, node_rank: int | None = None) -> Path:
+        """The lock of the trainer that writes into train/; one per node rank in a multi-node run (every
+        node trains into the same folder on a shared filesystem)."""
+        return self.root / ("train.lock" if node_rank is None else f"train.node{node_rank}.lock")
 
     @property
     def generations(self) -> Path:

@@ -15,9 +15,10 @@ What it writes: `generations/<checkpoint>.jsonl` and `.settings.json` (sftlab.in
 
 Resuming: rows are appended, flushed and fsynced after every batch. A re-run generates only the ids
 missing from the file, so a kill loses at most the batch in flight and never duplicates a row; a
-checkpoint with nothing missing is not even loaded. If the settings or the checkpoint's weights changed
+checkpoint with nothing missing is not even loaded. If the settings or the checkpoint's content changed
 since its rows were written, the old files are moved to `generations/previous-<time>/` and the
-checkpoint is generated again.
+checkpoint is generated again. Checkpoints are identified by content (checkpoints.content_fingerprint),
+not by path or file times: a copied, moved or untarred experiment generates nothing again.
 
 Raises:
     ValueError                a checkpoint named in `infer.checkpoints` that does not exist (the
@@ -134,20 +135,31 @@ def plan(params: Params) -> Plan:
                        "dtype": models.weights_dtype(params.model.dtype), "settings": settings.fingerprint()}
         if params.infer.engine != "hf":  # (the HF engine's rows keep the fingerprint they always had)
             fingerprint["engine"] = params.infer.engine
-        stale = store.is_stale(path, fingerprint)
+        stale = store.is_stale(path, fingerprint) and store.is_stale(path, _legacy(fingerprint, model_path))
         done = set() if stale else store.written_ids(path)
         result.jobs.append(Job(Target(target.name, model_path), path, fingerprint, stale,
                                todo=[e for e in examples if e.id not in done]))
     return result
 
 
-def _weights_fingerprint(model_path: str) -> list:
-    """Name, size and modification time of the weight files: a retrained checkpoint differs."""
+def _weights_fingerprint(model_path: str) -> str:
+    """The model folder's content (checkpoints.content_fingerprint): a retrained checkpoint differs, a
+    copied or moved one does not."""
     folder = Path(model_path)
     if not folder.is_dir():
-        return []  # a hub id: its name is the fingerprint
-    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())
-            if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")]
+        return ""  # a hub id: its name is the fingerprint
+    return checkpoints.content_fingerprint(folder)
+
+
+def _legacy(fingerprint: dict[str, Any], model_path: str) -> dict[str, Any]:
+    """The fingerprint as sftlab wrote it before content fingerprints (name, size and modification time of
+    the weight files): rows written then, of files unchanged since, stay valid (`run` rewrites their
+    settings with the content fingerprint)."""
+    folder = Path(model_path)
+    weights = [] if not folder.is_dir() else [
+        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())
+        if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")]
+    return {**fingerprint, "weights": weights}
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +218,8 @@ def _run(planned: Plan, echo: Callable[[str], None], make_engine: Callable[[str]
         summary.files[name] = job.path
         if job.stale:
             store.set_aside(job.path, job.fingerprint, echo)
+        elif store.is_stale(job.path, job.fingerprint):  # written under the legacy fingerprint: same files
+            store.write_settings(job.path, job.fingerprint, run=(store.read_settings(job.path) or {}).get("run"))
         if not job.todo:
             echo(f"[sftlab] {name}: all {len(examples)} samples already in {job.path.name}")
             continue

@@ -130,9 +130,10 @@ def is_stale(path: Path, fingerprint: dict[str, Any]) -> bool:
     return previous.get("fingerprint", previous) != fingerprint  # older files hold the fingerprint alone
 
 
-def write_settings(path: Path, fingerprint: dict[str, Any]) -> None:
-    """The fingerprint, and the run record that generates these rows (`SFTLAB_RUN`, set by the runner)."""
-    record = {"fingerprint": fingerprint, "run": os.environ.get("SFTLAB_RUN")}
+def write_settings(path: Path, fingerprint: dict[str, Any], run: str | None = None) -> None:
+    """The fingerprint, and the run record that generates these rows (`run`, default `SFTLAB_RUN`, set by
+    the runner)."""
+    record = {"fingerprint": fingerprint, "run": run or os.environ.get("SFTLAB_RUN")}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(settings_file(path), json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 

@@ -11,7 +11,8 @@ torchrun command, live output), `audit` (the label audit), `stage` (plan and run
 """
 
 from sftlab.train.audit import LabelAudit, UnsupervisedEOSError
-from sftlab.train.stage import Plan, Summary, TrainingFailed, plan, prepare, prepare_and_audit, run
+from sftlab.train.lock import TrainLocked
+from sftlab.train.stage import Plan, Summary, TrainingFailed, plan, prepare, prepare_and_audit, release, run
 
-__all__ = ["LabelAudit", "Plan", "Summary", "TrainingFailed", "UnsupervisedEOSError", "plan", "prepare",
-           "prepare_and_audit", "run"]
+__all__ = ["LabelAudit", "Plan", "Summary", "TrainLocked", "TrainingFailed", "UnsupervisedEOSError", "plan",
+           "prepare", "prepare_and_audit", "release", "run"]

@@ -3,10 +3,14 @@
     config = launch.train_config(params, model_path, train_file, train_dir)   # the flat YAML's content
     launch.torchrun_command(params.train, config_path)                        # ... -m sftlab.train --config
     code, tail = launch.stream(command, log, echo)                            # live output into a cell + log
+    launch.portable(config)                                                   # for comparing, wherever it lies
 
 The train stage (sftlab.train.stage) uses these; `sftlab prepare-train` prints the same command for
 launching by hand. Raises `ValueError` for launch settings that cannot work (multi-node without an
 endpoint).
+
+The torchrun agent dies with the process that streams it (a parent-death signal), and its workers with
+the agent and with that process (sftlab.lifeline): killing the runner, or the kernel, stops the training.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import collections
 import contextlib
 import json
 import os
+import posixpath
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
+from sftlab import lifeline
 from sftlab.config import OWN_TRAIN_KEYS, Params, TrainParams, atomic_write_text
 
 LOG_TAIL_LINES = 50
@@ -71,6 +77,35 @@ def train_config(params: Params, model_path: str, train_file: Path, output_dir: 
     return config
 
 
+def portable(config: dict) -> dict:
+    """`config` as it identifies a run wherever the experiment lies: every absolute path inside the experiment
+    folder, the outputs folder or the folder above that (the checkout, by default) is written relative to it
+    (`<experiment>/train/train.jsonl`, `<outputs>/models/...`, `<outputs>/../models/...`). The anchors come
+    from the config's own `output_dir` (<outputs>/<experiment>/train), so two configs written in different
+    places compare equal when they differ only by where the experiment was. What train_config.yaml itself
+    holds stays absolute: the file is launched as it is."""
+    output_dir = config.get("output_dir")
+    if not isinstance(output_dir, str) or not posixpath.isabs(output_dir):
+        return dict(config)
+    experiment = posixpath.dirname(posixpath.normpath(output_dir))
+    outputs = posixpath.dirname(experiment)
+    anchors = [(experiment, "<experiment>"), (outputs, "<outputs>"), (posixpath.dirname(outputs), "<outputs>/..")]
+
+    def rewrite(value):
+        if isinstance(value, str) and posixpath.isabs(value):
+            path = posixpath.normpath(value)
+            for anchor, name in anchors:
+                if anchor != "/" and (path == anchor or path.startswith(anchor + "/")):
+                    return name + path[len(anchor):]
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        return value
+
+    return {key: rewrite(value) for key, value in config.items()}
+
+
 def torchrun_command(train: TrainParams, config_path: Path) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node(train))]
     if train.nnodes == 1 and not train.rdzv_endpoint:
@@ -94,14 +129,21 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the notebook as they are printed
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(lifeline.launcher_env())  # the workers watch this process: they end when it does
     return env
 
 
-def stream(command: list[str], log, echo: Callable[[str], None]) -> tuple[int, list[str]]:
-    """Run `command` in its own process group; each line (or carriage-return update) goes to echo and log."""
+def stream(command: list[str], log, echo: Callable[[str], None],
+           keep_fds: tuple[int, ...] = ()) -> tuple[int, list[str]]:
+    """Run `command` in its own process group; each line (or carriage-return update) goes to echo and log.
+
+    The child gets SIGTERM when this process dies, however it dies (Linux; torchrun then stops its workers),
+    and inherits `keep_fds` (the train lock). Call it from a thread that lives until it returns (the
+    parent-death signal follows the thread that started the child)."""
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env(),
-                               start_new_session=True)
+                               start_new_session=True, pass_fds=keep_fds,
+                               preexec_fn=lifeline.parent_death_signal(signal.SIGTERM))
     pending = b""
     try:
         while chunk := os.read(process.stdout.fileno(), 65536):

@@ -11,7 +11,9 @@ Device defaults, applied only where the YAML is silent: on CPU, fp32 (`bf16: fal
 backend; on a GPU with bf16 support, bf16 mixed precision.
 
 Writes `checkpoint-<step>/` folders (model + tokenizer + generation config, loadable with
-`from_pretrained`; the last step is always saved) and `trainer_state.json` into `output_dir`.
+`from_pretrained`; the last step is always saved), `trainer_state.json` and `train_summary.json` into
+`output_dir`. A resumed launch continues the token counters (`num_tokens` of the log history, the
+summary's counts) from the checkpoint's, so they read as those of one uninterrupted run.
 Raises ValueError for unsupported knob combinations (see `build_trainer`).
 """
 
@@ -250,16 +252,17 @@ def main(script_args: ScriptArguments, training_args) -> None:
     trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same in one line
     trainer.data_collator = counter = TokenCounter(trainer.data_collator)
 
-    # Train, resuming after a crash or a kill
+    # Train, resuming after a crash or a kill: the token counters go on from the checkpoint's.
     checkpoint = resume_from(script_args, training_args.output_dir)
-    tokens_before = _logged(trainer_state_at(checkpoint), "num_tokens") if checkpoint else 0
+    before = token_totals_at(checkpoint) if checkpoint else TokenTotals.NONE
+    trainer._total_train_tokens = before["num_tokens"]  # TRL's num_tokens; it starts at 0 in every launch
+    trainer.add_callback(TokenTotals(trainer, counter, before))
     if checkpoint and trainer.is_world_process_zero():
         print(f"[sftlab] resuming from {checkpoint}", flush=True)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        steps_before = trainer_state_at(checkpoint)["global_step"] if checkpoint else 0
-        summary = write_summary(trainer, Path(training_args.output_dir), tokens_before or 0, steps_before, counter)
+        summary = write_summary(trainer, Path(training_args.output_dir), before, counter)
         print(f"[sftlab] done: {json.dumps(summary)}", flush=True)
 
 
@@ -279,36 +282,85 @@ class TokenCounter:
 
     def __init__(self, collator):
         self.collator = collator
-        self.batches: list[tuple[int, int]] = []  # (supervised, positions) per collated batch, in order
+        self.cumulative: list[tuple[int, int]] = []  # (supervised, positions) up to each collated batch
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        self.batches.append((int((batch["labels"] != -100).sum()), batch["input_ids"].numel()))
+        supervised, positions = self.cumulative[-1] if self.cumulative else (0, 0)
+        self.cumulative.append((supervised + int((batch["labels"] != -100).sum()),
+                                positions + batch["input_ids"].numel()))
         return batch
 
     def totals(self, batches_trained: int) -> tuple[int, int]:
         """Sums over the batches actually trained on: the data loader collates one batch ahead."""
-        trained = self.batches[:batches_trained]
-        return sum(b[0] for b in trained), sum(b[1] for b in trained)
+        n = min(batches_trained, len(self.cumulative))
+        return self.cumulative[n - 1] if n > 0 else (0, 0)
 
 
-def write_summary(trainer, output_dir: Path, tokens_before: float, steps_before: int, counter: TokenCounter) -> dict:
-    """train_summary.json: this launch's wall time, token throughput and peak memory (rank 0)."""
+class TokenTotals(TrainerCallback):
+    """The run's token counters at every step, kept in the trainer state that each checkpoint saves
+    (`stateful_callbacks["sftlab_token_totals"]` of its trainer_state.json), so a resumed launch goes on
+    from the exact counts of the step it resumes from, whatever `logging_steps` is:
+
+        step         the optimizer step these counts are at
+        num_tokens   TRL's count: input tokens, padding excluded, all ranks
+        supervised   tokens that carry loss (rank 0's count times the world size)
+        positions    all positions including padding (the same way)
+
+    A checkpoint written before these counters existed gives num_tokens from its last logged value, and
+    no supervised or positions counts (None)."""
+
+    KEY = "sftlab_token_totals"
+    NONE = {"step": 0, "num_tokens": 0, "supervised": 0, "positions": 0}
+
+    def __init__(self, trainer, counter: TokenCounter, before: dict):
+        self.trainer, self.counter, self.before = trainer, counter, before
+
+    def totals(self, global_step: int) -> dict:
+        args = self.trainer.args
+        steps = global_step - self.before["step"]
+        batches = steps * args.gradient_accumulation_steps
+        supervised, positions = (args.world_size * n for n in self.counter.totals(batches))
+        return {"step": global_step, "num_tokens": int(self.trainer._total_train_tokens),
+                "supervised": None if self.before["supervised"] is None else self.before["supervised"] + supervised,
+                "positions": None if self.before["positions"] is None else self.before["positions"] + positions}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Before the step's log and save: a checkpoint of this step holds the counts of this step.
+        state.stateful_callbacks[self.KEY] = self.totals(state.global_step)
+
+
+def token_totals_at(checkpoint: str) -> dict:
+    state = trainer_state_at(checkpoint)
+    saved = (state.get("stateful_callbacks") or {}).get(TokenTotals.KEY)
+    if saved:
+        return saved
+    return {"step": state.get("global_step", 0), "num_tokens": int(_logged(state, "num_tokens") or 0),
+            "supervised": None, "positions": None}
+
+
+def write_summary(trainer, output_dir: Path, before: dict, counter: TokenCounter) -> dict:
+    """train_summary.json (rank 0): the run's token counts from its first step (a resumed run included),
+    this launch's wall time and throughput, and its peak memory."""
     state = {"log_history": trainer.state.log_history}
     runtime = _logged(state, "train_runtime") or float("nan")
-    tokens = (_logged(state, "num_tokens") or 0) - tokens_before
-    world = trainer.args.world_size
-    # Rank 0's counts times the world size: every rank collates batches of the same shape policy.
-    steps = trainer.state.global_step - steps_before
-    supervised, positions = (world * n for n in counter.totals(steps * trainer.args.gradient_accumulation_steps))
+    totals = TokenTotals(trainer, counter, before).totals(trainer.state.global_step)
+    launch_tokens = totals["num_tokens"] - before["num_tokens"]
+    supervised, positions = (trainer.args.world_size * n for n in counter.totals(
+        (trainer.state.global_step - before["step"]) * trainer.args.gradient_accumulation_steps))
+    if totals["positions"] is not None:  # the whole run's padding, as an uninterrupted run would count it
+        padding = 1 - totals["num_tokens"] / totals["positions"] if totals["positions"] else None
+    else:  # resumed from a checkpoint without counters: this launch's
+        padding = 1 - launch_tokens / positions if positions else None
     summary = {
         "global_step": trainer.state.global_step,
-        "train_runtime_s": round(runtime, 2),
-        "tokens": int(tokens),  # input tokens of this launch, padding excluded, as counted by TRL
-        "tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
-        "supervised_tokens": supervised,
+        "resumed_from_step": before["step"] or None,
+        "train_runtime_s": round(runtime, 2),  # this launch
+        "tokens": totals["num_tokens"],  # input tokens of the whole run, padding excluded, as counted by TRL
+        "tokens_per_s": round(launch_tokens / runtime, 1) if runtime > 0 else None,  # this launch
+        "supervised_tokens": totals["supervised"],  # of the whole run (None: unknown before the resume)
         "supervised_tokens_per_s": round(supervised / runtime, 1) if runtime > 0 else None,
-        "padding_fraction": round(1 - tokens / positions, 4) if positions else None,
+        "padding_fraction": round(padding, 4) if padding is not None else None,
         "first_loss": next((e["loss"] for e in trainer.state.log_history if "loss" in e), None),
         "last_loss": _logged(state, "loss"),
         "world_size": trainer.args.world_size,
@@ -318,4 +370,3 @@ def write_summary(trainer, output_dir: Path, tokens_before: float, steps_before:
     }
     (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
