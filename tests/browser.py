@@ -62,6 +62,7 @@ def visit(path: Path, wait_ms: int = 1500):
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(path.resolve().as_uri())
             page.wait_for_timeout(wait_ms)
+            page.evaluate("document.fonts.ready.then(() => true)")  # web fonts decoded before anything is measured
             yield Visit(page, requests, errors)
         finally:
             browser.close()
