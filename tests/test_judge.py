@@ -176,7 +176,8 @@ def test_the_estimate_comes_before_any_request(outputs, server, key):
     estimate = planned.estimate()
     assert (estimate["requests"], estimate["to_judge"], estimate["rows"]) == (rows, rows, rows)
     assert estimate["cost_usd"] > 0 and estimate["prompt_tokens"] > estimate["completion_tokens"] > 0
-    assert server.request_count == 0
+    assert server.request_count == 0  # no row: only the capability probe's one tiny request (test_judge_probe)
+    assert len(server.probes) == 1 and estimate["probe_requests"] == 1
 
 
 TRANSIENT = ["rate_limit", "server_error", "malformed_body", "drop", "malformed_json", "schema_violation",
@@ -521,6 +522,7 @@ def test_the_notebook_judges_shows_errors_and_never_writes_the_key(outputs, serv
     executed = nbformat.read(executed, as_version=4)
     text = json.dumps([c.get("outputs", []) for c in executed.cells], ensure_ascii=False)
     assert "Scores by an LLM judge" in text and "gpt-4o-mini" in text
+    assert "structured output: json_schema (probed now, 1 request" in text  # the plan's probe, shown
     assert "the judge refused" in text and "I'm sorry, I can't help with that." in text  # the error row, raw text
     assert "image/png" in text  # the score distributions
     assert server.authorization == {f"Bearer {key}"}

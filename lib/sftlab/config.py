@@ -221,8 +221,17 @@ class JudgeParams(_Section):
     model: str = "gpt-4o-mini"
     base_url: str | None = None  # any OpenAI-compatible server
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself never goes in a file
+    # auto: the mode the capability probe finds (sftlab.judge.probe), falling back on 400/422 during the run
     structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
+    # The probe, at plan time, is remembered per (base_url, model) in judge/probes.json. auto: ask once;
+    # always: ask again (the server behind the address changed; with a forced `structured`, only to report);
+    # off: no probe, json_schema first.
+    probe: Literal["auto", "always", "off"] = "auto"
     temperature: float | None = 0.0  # None: the server's default (some reasoning models accept no other)
+    # Cap on each answer's tokens, sent as max_tokens; None sends none (the server's default; OpenAI's
+    # reasoning models accept only their own max_completion_tokens). A small local judge can run on to its
+    # context limit without one: minutes per row on CPU.
+    max_tokens: int | None = Field(None, ge=1)
     concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)

@@ -2,17 +2,20 @@
 against OpenAI or any compatible server (`judge.base_url`).
 
 Per judgment:
-    1. Send the rubric's messages with `response_format` by `judge.structured`:
-       json_schema (the rubric's strict schema), json_object (JSON promised, the schema in the prompt) or
-       prompt (the schema in the prompt only). `auto` starts at json_schema; a 400 for a request with
-       `response_format` (or a 422) moves down a mode for that judgment, and once a lower mode has worked the whole
-       run uses it, so a server without structured outputs costs one refused request, not one per row.
+    1. Send the rubric's messages — the JSON shape stated in the prompt, whatever the mode — with
+       `response_format` by `judge.structured`: json_schema (the rubric's strict schema), json_object (JSON
+       promised) or prompt (none). `auto` starts where the capability probe of the plan found the server
+       works (sftlab.judge.probe; `start_mode`, else json_schema); a 400 for a request with `response_format`
+       (or a 422) still moves down a mode for that judgment, and once a lower mode has worked the whole run
+       uses it, so a server that refuses a mode costs one refused request, not one per row.
     2. Transient failures — 408, 409, 429, 5xx, timeouts, dropped connections, an unreadable body — are
        retried up to `max_retries` times, waiting base * 2**n (jittered into [d/2, d]) or what
        `retry-after`/`retry-after-ms` says, never more than `backoff_max_s`.
     3. The text is validated against the rubric's pydantic model; an invalid answer gets one repair
        request that quotes the validation error. A refusal or a still-invalid answer is an `error`
-       outcome with the raw text — unscored, never a zero.
+       outcome with the raw text — unscored, never a zero. Every answer that came back is kept: when the
+       repair request fails (HTTP error, timeout), the row's `raw` is the first answer; when it answers,
+       `raw` is that answer and `first_raw` the first.
     4. Usage is summed over the requests of the judgment and priced (`cost.price_for`).
 
 Run-wide: at most `concurrency` judgments in flight; once the spent cost reaches `max_cost_usd`, no
@@ -45,6 +48,7 @@ from typing import Any
 
 import openai
 
+from sftlab import jsonl
 from sftlab.config import JudgeParams
 from sftlab.judge import cost
 from sftlab.judge.rubric import InvalidJudgment, Mode, Rubric
@@ -79,6 +83,7 @@ class Outcome:
     scores: dict[str, int] | None = None
     reasons: dict[str, str] | None = None
     raw: str | None = None
+    first_raw: str | None = None  # the first answer, when a repair request followed it and was answered
     error: str | None = None
     usage: dict[str, int] | None = None
     cost_usd: float | None = None
@@ -123,6 +128,7 @@ class OpenAIJudge:
     responses: int = 0  # HTTP responses received (any status): the endpoint is alive
     connect_failures: int = 0
     mode_counts: dict[str, int] = field(default_factory=dict)
+    start_mode: Mode | None = None  # under structured: auto, the probe's mode (sftlab.judge.probe)
     _mode: Mode = "json_schema"
     _secret: str | None = None
 
@@ -133,7 +139,7 @@ class OpenAIJudge:
             raise JudgeConfigError(
                 f"judge.max_cost_usd is set but judge.model '{p.model}' has no price: add "
                 f"judge.prices.{p.model}: {{input_per_mtok: ..., output_per_mtok: ...}} to the params")
-        self._mode = "json_schema" if p.structured == "auto" else p.structured
+        self._mode = (self.start_mode or "json_schema") if p.structured == "auto" else p.structured
 
     @property
     def model_id(self) -> str:
@@ -182,7 +188,8 @@ class OpenAIJudge:
         started = time.monotonic()
         tally = _Tally()
         mode = self._mode
-        raw: str | None = None
+        raw: str | None = None  # the last answer that came back
+        first: str | None = None  # the first answer, once a repair request has answered too
         try:
             messages = job.rubric.messages(job.prompt, job.reference, job.output, mode)
             completion, mode = await self._send_with_fallback(client, tally, messages, mode, job)
@@ -192,25 +199,30 @@ class OpenAIJudge:
             else:
                 try:
                     scores, reasons = job.rubric.parse(raw)
-                except InvalidJudgment as first:
+                except InvalidJudgment as invalid:
                     repair = messages + [{"role": "assistant", "content": raw or ""},
-                                         {"role": "user", "content": REPAIR_PROMPT.format(error=first)}]
+                                         {"role": "user", "content": REPAIR_PROMPT.format(error=invalid)}]
+                    # If this fails (HTTP error, timeout), `raw` is still the first answer: kept below.
                     completion = await self._send(client, tally, repair, mode, job.rubric)
-                    raw, refusal = _text_of(completion)
+                    first, (raw, refusal) = raw, _text_of(completion)
                     if refusal is not None:
+                        raw = refusal
                         raise InvalidJudgment(f"refused on repair: {refusal}") from None
                     scores, reasons = job.rubric.parse(raw)  # a second InvalidJudgment is final
                 outcome = Outcome("judged", scores=scores, reasons=reasons, raw=raw)
                 self._settle_mode(mode)
         except InvalidJudgment as e:
-            outcome = Outcome("error", raw=raw, error=self._redact(f"invalid judgment after one repair: {e}"))
+            outcome = Outcome("error", error=self._redact(f"invalid judgment after one repair: {e}"))
         except _Fatal as e:
             self.fatal, self.stopped = True, self._redact(str(e))
             outcome = Outcome("error", error=self.stopped)
         except (_GaveUp, openai.APIStatusError) as e:
-            outcome = Outcome("error", error=self._redact(_describe(e)))
+            outcome = Outcome("error", error=self._redact(_describe(e)) + _on_repair(first, raw))
         except Exception as e:  # anything else (a bug, an odd server): this row fails, the stage goes on
-            outcome = Outcome("error", error=self._redact(f"{type(e).__name__}: {e}"))
+            outcome = Outcome("error", error=self._redact(f"{type(e).__name__}: {e}") + _on_repair(first, raw))
+        if outcome.raw is None:
+            outcome.raw = raw  # whatever else went wrong, the judge's words stay with the row
+        outcome.first_raw = first
         outcome.requests = tally.requests
         outcome.structured = mode
         outcome.seconds = round(time.monotonic() - started, 3)
@@ -239,14 +251,20 @@ class OpenAIJudge:
     def request_body(self, messages: list[dict], mode: Mode, rubric: Rubric) -> dict[str, Any]:
         """One chat-completions request: the same body for a direct request and a Batch API line."""
         p = self.params
-        request: dict[str, Any] = {"model": p.model, "messages": messages}
+        # A lone surrogate (a model output cut inside a character) cannot travel as UTF-8: the judge is shown
+        # U+FFFD in its place; the row on disk and its cache key keep the text as it was.
+        request: dict[str, Any] = {"model": p.model, "messages": jsonl.utf8_safe(messages)}
         if p.temperature is not None:
             request["temperature"] = p.temperature
+        if p.max_tokens is not None:
+            request["max_tokens"] = p.max_tokens
         if mode == "json_schema":
             request["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "evaluation", "strict": True, "schema": rubric.response_schema()}}
         elif mode == "json_object":
-            request["response_format"] = {"type": "json_object"}
+            # JSON promised. The schema rides along: llama.cpp's servers (and some hosted ones) enforce a
+            # json_object's `schema`; others ignore the field, and the shape is in the prompt anyway.
+            request["response_format"] = {"type": "json_object", "schema": rubric.response_schema()}
         return request
 
     async def _send(self, client, tally: _Tally, messages: list[dict], mode: Mode, rubric: Rubric):
@@ -317,6 +335,12 @@ def _text_of(completion: Any) -> tuple[str | None, str | None]:
     if refusal is None and choice.finish_reason == "content_filter":
         refusal = message.content or "stopped by the server's content filter"
     return message.content, refusal
+
+
+def _on_repair(first: str | None, raw: str | None) -> str:
+    """Says that an HTTP failure hit the repair request, after an invalid first answer (kept in `raw`)."""
+    return " (on the repair request; the invalid first answer is kept in raw)" if raw is not None and first is None \
+        else ""
 
 
 def fatal_reason(status: int, code: str | None, message: str, p: JudgeParams) -> str | None:

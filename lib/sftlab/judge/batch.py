@@ -5,7 +5,8 @@ row's cache key, the body exactly what a direct request would send), uploaded th
 `batches.create` with the 24 h window; polling every `judge.batch_poll_s` with a progress bar; the
 output and error files downloaded and mapped back by `custom_id`. Each answer is handled as a direct
 answer would be: parsed and validated against the rubric, an invalid one repaired once, a 400 to a
-`response_format` moving down the structured-output chain (`judge.structured: auto`), a failed or
+`response_format` moving down the structured-output chain (`judge.structured: auto`, from the
+probe's mode, sftlab.judge.probe), a failed or
 expired line sent again — each of these in the next round's batch, up to `max_retries` rounds.
 
 Never paid twice: the batch id and what each of its lines asked are written to `judge/batches.json` the
@@ -56,6 +57,7 @@ class _Open:
     messages: list[dict]
     repair: bool = False  # the next line is the repair request (the answer before it was invalid)
     raw: str | None = None  # the last answer's text
+    first_raw: str | None = None  # the first answer, once the repair line has answered too
     error: str | None = None  # why the last line failed
     rounds: int = 0  # batch lines sent for it
     tally: _Tally = field(default_factory=_Tally)
@@ -124,12 +126,16 @@ class BatchJudge(OpenAIJudge):
         """Judge what the batches left open the normal way, at the normal price."""
         log.warning("judge.batch_fallback_after_s (%ss) passed: %d rows go through direct requests",
                     self.params.batch_fallback_after_s, len(self._open))
-        direct = OpenAIJudge(self.params.model_copy(update={"batch": False}))
+        direct = OpenAIJudge(self.params.model_copy(update={"batch": False}), start_mode=self._mode)
         items = {item.job.key: item for item in self._open.values()}
         self._open = {}
         try:
-            await direct.judge_all([item.job for item in items.values()],
-                                   lambda job, outcome: self._on_done(job, outcome))
+            def done(job: Job, outcome: Outcome) -> None:
+                if outcome.raw is None:  # what the batch's answer said stays with the row
+                    outcome.raw = items[job.key].raw
+                self._on_done(job, outcome)
+
+            await direct.judge_all([item.job for item in items.values()], done)
         finally:
             self.requests += direct.requests
             for mode, n in direct.mode_counts.items():
@@ -254,6 +260,8 @@ class BatchJudge(OpenAIJudge):
         completion = openai.types.chat.ChatCompletion.model_validate(body)
         item.tally.add(completion)
         raw, refusal = _text_of(completion)
+        if line["repair"]:
+            item.first_raw = item.raw
         item.raw = raw
         if refusal is not None:
             return self._finish(item, Outcome("error", raw=refusal, error=f"the judge refused: {refusal}"), mode)
@@ -274,6 +282,9 @@ class BatchJudge(OpenAIJudge):
     def _finish(self, item: _Open, outcome: Outcome, mode: Mode | None = None) -> None:
         p = self.params
         self._open.pop(item.job.key, None)
+        if outcome.raw is None:
+            outcome.raw = item.raw  # an answer that came back stays with the row, whatever failed after it
+        outcome.first_raw = item.first_raw
         outcome.requests = item.tally.requests
         outcome.structured = mode or item.mode
         outcome.seconds = round(time.monotonic() - item.started, 3)

@@ -72,9 +72,11 @@ class PairRubric(PromptTemplate):
                         "description": "A>>B, A>B, A=B, B>A or B>>A"}},
             "required": ["reason", "verdict"], "additionalProperties": False}
 
-    def messages(self, prompt: list[dict], reference: str, output: tuple[str, str], mode: Mode) -> list[dict]:
+    def messages(self, prompt: list[dict], reference: str, output: tuple[str, str], mode: Mode,
+                 shape: bool = True) -> list[dict]:
+        """As `Rubric.messages`: the JSON shape is in the prompt whatever the mode."""
         system = self.system_prompt.strip()
-        if mode != "json_schema":
+        if shape:
             system += ("\n\nReply with one JSON object and nothing else (no code fences). It must follow this "
                        "JSON schema:\n```json\n" + json.dumps(self.response_schema(), ensure_ascii=False)
                        + '\n```\nShape: {"reason": "...", "verdict": "<A>>B|A>B|A=B|B>A|B>>A>"}')

@@ -8,8 +8,9 @@ A rubric is a YAML file (`params/rubrics/qa_ko.yaml`): `name`, `language`, `syst
     evaluation_model()   the pydantic `Evaluation`: per criterion {reason, score} — the reason comes
                          first so that the judge argues before it commits to a number
     response_schema()    the same as a strict JSON schema, sent as `response_format`
-    messages(...)        the chat messages for one judgment (with the schema in the prompt where the
-                         server cannot take `response_format`)
+    messages(...)        the chat messages for one judgment, the JSON shape stated in the prompt in
+                         every mode: a server that silently ignores `response_format` (transformers
+                         serve) still gets valid answers from a model that follows instructions
     parse(text)          the judge's raw text -> scores and reasons, or `InvalidJudgment`
 
 `load_rubric` raises `RubricError` naming the file and the field.
@@ -148,7 +149,7 @@ class Rubric(PromptTemplate):
         )
 
     def format_instruction(self) -> str:
-        """For servers without `response_format`: the schema goes into the prompt."""
+        """The answer's JSON shape, for the prompt: keys and types from `response_schema`."""
         # The shape is shown with placeholders, not numbers: an example score would anchor the judge.
         shape = ", ".join(f'"{c.key}": {{"reason": "...", "score": <{c.scale[0]}-{c.scale[1]}>}}' for c in self.criteria)
         return (
@@ -158,11 +159,15 @@ class Rubric(PromptTemplate):
             + "\n```\nShape: {" + shape + "}"
         )
 
-    def messages(self, prompt: list[dict], reference: str, output: str, mode: Mode) -> list[dict[str, str]]:
+    def messages(self, prompt: list[dict], reference: str, output: str, mode: Mode,
+                 shape: bool = True) -> list[dict[str, str]]:
+        """The same text in every mode (`mode` changes only the request's `response_format`): the shape is
+        in the prompt even under json_schema, because some servers answer 200 and ignore `response_format`,
+        and json_object promises JSON, not which JSON (OpenAI also wants the word "JSON" in the messages).
+        `shape=False` leaves it out: the capability probe (sftlab.judge.probe) asks that way to see whether
+        the server itself enforces the schema."""
         system = f"{self.system_prompt.strip()}\n\n{self.criteria_text()}"
-        if mode != "json_schema":
-            # json_object also needs this: the server promises JSON, not which JSON (and OpenAI
-            # requires the word "JSON" in the messages for it).
+        if shape:
             system += "\n\n" + self.format_instruction()
         conversation = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in prompt)
         user = (self.user_template.replace("{conversation}", conversation)

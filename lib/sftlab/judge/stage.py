@@ -2,7 +2,8 @@
 
     plan(params)        read the generation rows (sftlab.infer.store), pick each row's rubric, compute its cache key and
                         sort it: up to date / reusable from the cache / to judge; with an estimate of
-                        requests, tokens and cost — nothing is sent
+                        requests, tokens and cost — no row is sent; the OpenAI backend asks the server once
+                        which structured-output mode it supports (sftlab.judge.probe, remembered after that)
     run(plan)           judge what the plan says and append the rows to `judge/<checkpoint>.jsonl`;
                         works from a script and from a notebook cell (where an event loop already runs)
 
@@ -39,7 +40,7 @@ from sftlab import paths
 from sftlab import record as run_record
 from sftlab.config import JudgeParams, Params, atomic_write_text
 from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
-from sftlab.judge import cost, pairwise, reference, store
+from sftlab.judge import cost, pairwise, probe, reference, store
 from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
 from sftlab.judge.batch import BatchJudge
 from sftlab.judge.local import LOCAL_NAME, LocalJudgeServer
@@ -131,6 +132,7 @@ class Plan:
     up_to_date: list[Item] = field(default_factory=list)
     reuse: list[tuple[Item, JudgmentRow]] = field(default_factory=list)  # (item, cached row)
     jobs: dict[str, list[Item]] = field(default_factory=dict)  # key -> rows sharing that judgment
+    structured: probe.Structured | None = None  # openai: the structured-output mode the run starts in, and why
 
     @property
     def to_judge(self) -> int:
@@ -141,7 +143,7 @@ class Plan:
         judge = self.params.judge
         prompt_tokens = completion_tokens = 0
         if self.backend == "openai":
-            mode = "json_schema" if judge.structured == "auto" else judge.structured
+            mode = self.structured.mode if self.structured else "json_schema"
             for items in self.jobs.values():
                 item = items[0]
                 messages = item.rubric.messages(item.row.prompt, item.row.reference, item.output, mode)
@@ -160,6 +162,8 @@ class Plan:
             "requests": len(self.jobs) if self.backend == "openai" else 0,
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": estimated,
             "max_cost_usd": judge.max_cost_usd,
+            "structured": str(self.structured) if self.structured else None,
+            "probe_requests": self.structured.requests if self.structured else 0,
         }
 
 
@@ -204,7 +208,18 @@ def plan(params: Params) -> Plan:
             result.reuse.append((item, cache[item.key]))
         else:
             result.jobs.setdefault(item.key, []).append(item)
+    if backend == "openai":
+        result.structured = _structured(params, bool(result.jobs))
     return result
+
+
+def _structured(params: Params, to_judge: bool) -> probe.Structured:
+    """The mode the run starts in: probed (at most once per server and model), remembered or forced."""
+    judge = params.judge
+    if judge.backend == "local":  # its server starts with the run: nothing to ask yet
+        return probe.Structured("json_schema" if judge.structured == "auto" else judge.structured, "not probed",
+                                note="the local vLLM server starts with the run; a 400/422 moves down a mode")
+    return probe.choose(judge, params.layout.judge, ask=to_judge)
 
 
 def _repeat_key(key: str, repeat: int) -> str:
@@ -273,6 +288,7 @@ class Summary:
     error_counts: dict[str, int] = field(default_factory=dict)  # error text -> rows, this run
     batches: int = 0  # Batch API batches created by this run (judge.batch)
     flips: tuple[int, int] | None = None  # pairwise: (pairs judged in both orders, position flips among them)
+    probe: str | None = None  # openai: the structured-output mode the run started in, and how it was chosen
 
     def failure_line(self) -> str | None:
         """"judge: 160/160 rows failed — connection failed: ..." when any row of this run failed, else None."""
@@ -296,6 +312,9 @@ class Summary:
             f"requests: {self.requests}" + (f" in {self.batches} batches" if self.batches else "")
             + f", cost: {cost_text}, {self.seconds:.1f} s",
         ]
+        if self.probe:
+            lines.append(f"structured output: {self.probe}"
+                         + (f"; answers by mode: {self.structured}" if self.structured else ""))
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         if self.flips is not None:
@@ -340,7 +359,8 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
 
     started = time.monotonic()
     summary = Summary(planned.backend, planned.model, rows=len(planned.items),
-                      up_to_date=len(planned.up_to_date), from_cache=len(planned.reuse))
+                      up_to_date=len(planned.up_to_date), from_cache=len(planned.reuse),
+                      probe=str(planned.structured) if planned.structured else None)
     costs: list[float | None] = []
     with store.Appender(planned.directory) as out:
         for item, cached in planned.reuse:
@@ -376,8 +396,9 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                     settings = settings.model_copy(update={
                         "base_url": local.__enter__(), "model": LOCAL_NAME, "batch": False,
                         "prices": {LOCAL_NAME: {"input_per_mtok": 0.0, "output_per_mtok": 0.0}}})
-                backend = (BatchJudge(settings, state_dir=params.layout.judge) if settings.batch
-                           else OpenAIJudge(settings))
+                start = planned.structured.mode if planned.structured else None
+                backend = (BatchJudge(settings, start_mode=start, state_dir=params.layout.judge) if settings.batch
+                           else OpenAIJudge(settings, start_mode=start))
                 jobs = [Job(key, items[0].rubric, items[0].row.prompt, items[0].row.reference,
                             items[0].output) for key, items in planned.jobs.items()]
                 try:
@@ -433,7 +454,7 @@ def _row(item: Item, planned: Plan, outcome: Outcome) -> JudgmentRow:
         judge={"backend": planned.backend, "model": planned.model, "rubric": item.rubric.name},
         scores=outcome.scores, reasons=outcome.reasons,
         overall=item.rubric.overall(outcome.scores) if outcome.scores else None,
-        error=outcome.error, raw=outcome.raw, usage=outcome.usage, cost_usd=outcome.cost_usd,
+        error=outcome.error, raw=outcome.raw, first_raw=outcome.first_raw, usage=outcome.usage, cost_usd=outcome.cost_usd,
         requests=outcome.requests, structured=outcome.structured, metrics=outcome.metrics, reused_from=None,
         meta=row.meta, judged_at=_now(), repeat=item.repeat)
 

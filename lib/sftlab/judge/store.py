@@ -38,7 +38,8 @@ class JudgmentRow(BaseModel):
     reasons: dict[str, str] | None = None
     overall: float | None = None  # 0–1, the rubric's weighted mean of the scores
     error: str | None = None
-    raw: str | None = None  # the judge's own text, kept to explain a surprising score
+    raw: str | None = None  # the judge's own text, kept to explain a surprising score (the last answer that came back)
+    first_raw: str | None = None  # the first answer, when a repair request followed it and was answered
     usage: dict[str, Any] | None = None  # {prompt_tokens, completion_tokens}
     cost_usd: float | None = 0.0
     requests: int = 0

@@ -93,4 +93,4 @@ def error_rows(judgments: pd.DataFrame) -> pd.DataFrame:
     if judgments.empty:
         return judgments
     failed = judgments[judgments["status"] != "judged"]
-    return failed[["checkpoint", "id", "status", "error", "raw", "requests"]].reset_index(drop=True)
+    return failed[["checkpoint", "id", "status", "error", "raw", "first_raw", "requests"]].reset_index(drop=True)
