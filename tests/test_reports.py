@@ -161,3 +161,25 @@ def test_rendered_notebook_pages_have_no_network_and_no_widgets(outputs, tmp_pat
         assert pages.remote_resources(text) == [] and "unpkg" not in text and "cdnjs" not in text
         assert reports.WIDGET_NOTE in text and "@font-face" in text
         assert oct(page.stat().st_mode & 0o777) != oct(0o600)
+
+
+@pytest.mark.slow
+def test_an_explorer_table_draws_its_korean_without_the_page_font(tmp_path):
+    """In Jupyter the page is JupyterLab's, not ours: a table must carry the Korean font it needs itself."""
+    import browser
+    import itables
+    from itables.javascript import generate_init_offline_itables_html
+
+    frame = pd.DataFrame({"checkpoint": ["base"], "id": ["a"], "prompt": [[{"role": "user", "content": KOREAN}]],
+                          "output": ["답입니다"], "reference": ["답"], "finish_reason": ["eos"], "n_tokens": [3]})
+    page = tmp_path / "jupyter-like.html"
+    page.write_text("<!doctype html><html><head><meta charset='utf-8'></head><body>"
+                    + generate_init_offline_itables_html(itables.options.dt_bundle)
+                    + explorer.generations(frame) + "</body></html>", encoding="utf-8")
+    assert 'id="sftlab-fonts"' not in page.read_text(encoding="utf-8")  # no page-level font
+    with browser.visit(page) as seen:
+        seen.page.locator("table.sftlab-explorer.dataTable td", has_text="답입니다").first.evaluate(
+            "e => e.id = 'probe'")
+        fonts = seen.fonts_of("#probe")
+    if not korean_font_installed():
+        assert any(f["isCustomFont"] for f in fonts), fonts

@@ -23,6 +23,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from sftlab import pages
+
 FOLD_AT = 200  # characters: longer texts show their start and unfold on a click
 PAGE_LENGTH = 10
 
@@ -125,7 +127,8 @@ def table(frame: pd.DataFrame, text: Iterable[str] = (), filters: Iterable[str] 
         options["searchPanes"] = {"columns": [position[c] for c in filters], "cascadePanes": True,
                                   "initCollapsed": True, "layout": f"columns-{min(3, len(filters))}",
                                   "dtOpts": {"select": {"style": "multi"}}}
-    return Table(STYLE + itables.to_html_datatable(shown, caption=escape(caption) if caption else None, **options))
+    body = itables.to_html_datatable(shown, caption=escape(caption) if caption else None, **options)
+    return Table(STYLE + pages.korean_box(body))
 
 
 def generations(frame: pd.DataFrame) -> Table:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import html
 import importlib.util
 import io
@@ -70,7 +71,7 @@ def _cmap() -> frozenset[int]:
         return frozenset(font.getBestCmap())
 
 
-def font_face(codepoints: set[int]) -> str:
+def font_face(codepoints: set[int], family: str = FONT_FAMILY) -> str:
     """An @font-face rule with NanumGothic cut to `codepoints` (WOFF, base64 data URI); '' when none is needed."""
     from fontTools import subset
 
@@ -91,7 +92,7 @@ def font_face(codepoints: set[int]) -> str:
     subset.save_font(font, buffer, options)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     ranges = ", ".join(f"U+{low:X}-{high:X}" for low, high in CJK_RANGES)
-    return (f'@font-face {{ font-family: "{FONT_FAMILY}"; font-style: normal; font-weight: 100 900; '
+    return (f'@font-face {{ font-family: "{family}"; font-style: normal; font-weight: 100 900; '
             f'src: url(data:font/woff;base64,{data}) format("woff"); unicode-range: {ranges}; }}\n')
 
 
@@ -108,6 +109,21 @@ def style(page: str) -> str:
 def _remote_imports(page: str) -> list[str]:
     """Inline scripts that import modules from the network (nbconvert's Mermaid loader does, from cdnjs)."""
     return [m.group(0) for m in _INLINE_SCRIPT.finditer(page) if _REMOTE_IMPORT.search(m.group(1))]
+
+
+def korean_box(fragment: str) -> str:
+    """`fragment` (a table's HTML) in a box that carries its own cut of NanumGothic for the Korean it holds: a
+    notebook open in Jupyter, which has no page-level font of ours, draws its Hangul on a machine without
+    Korean fonts too. Each box's font has its own family name, so boxes never override each other's glyphs."""
+    codepoints = characters(fragment)
+    if not codepoints:
+        return fragment
+    key = hashlib.sha1(",".join(map(str, sorted(codepoints))).encode()).hexdigest()[:10]
+    family, box = f"{FONT_FAMILY} {key}", f"sftlab-ko-{key}"
+    stack = TEXT_STACK.replace(", sans-serif", f', "{family}", sans-serif')
+    return (f'<div class="{box}"><style>{font_face(codepoints, family)}'
+            f".{box}, .{box} table, .{box} input, .{box} .dt-container {{ font-family: {stack}; }}</style>"
+            f"{fragment}</div>")
 
 
 def remote_resources(page: str) -> list[str]:
