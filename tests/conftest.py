@@ -24,6 +24,24 @@ def outputs(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+@pytest.fixture
+def server():
+    """The OpenAI-compatible test server (tests/judge_server.py) on 127.0.0.1, without faults."""
+    from judge_server import FakeJudgeServer
+
+    with FakeJudgeServer() as running:
+        yield running
+
+
+@pytest.fixture
+def key(monkeypatch) -> str:
+    """The judge's API key in the environment variable the judge tests' params name."""
+    from judge_server import KEY, KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY
+
+
 @pytest.fixture(scope="session")
 def builtin_model_path() -> Path:
     from sftlab.models import builtin_checkpoint

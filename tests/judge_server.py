@@ -57,6 +57,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sftlab.judge.probe import MARKER as PROBE_MARKER
 
+# The API key the judge tests put in the environment (never a real one): tests check it reaches the server
+# and never lands on disk.
+KEY_ENV = "SFTLAB_TEST_JUDGE_KEY"
+KEY = "sk-sftlab-test-7f3a9c2e41d0-do-not-leak"
+
 FLAVOURS = ("openai", "llamacpp", "transformers")
 FAULTS = ("rate_limit", "server_error", "slow", "malformed_body", "malformed_json", "schema_violation",
           "refusal", "reject_response_format", "drop", "unauthorized", "position_bias", "context_length")

@@ -14,12 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from judge_server import FakeJudgeServer
+from judge_server import KEY, KEY_ENV, FakeJudgeServer
 from sftlab import config, judge
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY_ENV = "SFTLAB_TEST_JUDGE_KEY"
-KEY = "sk-sftlab-test-7f3a9c2e41d0-do-not-leak"
 EXPERIMENT = "judged"
 MARK = "(FAULTY)"  # the row whose answer carries this is the one a scripted fault hits
 
@@ -89,12 +87,6 @@ def kiwi_loaded():
 def server():
     with FakeJudgeServer(slow_s=1.0) as s:
         yield s
-
-
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    return KEY
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,22 +14,13 @@ import time
 import pytest
 import yaml
 
-from judge_server import FakeJudgeServer
-from test_judge import EXPERIMENT, KEY, KEY_ENV, MARK, files_containing, make_params, prepare
+from test_judge import EXPERIMENT, KEY, MARK, files_containing, make_params, prepare
 from sftlab import judge
 
 BATCH = {"batch": True, "batch_poll_s": 0.02}
 
 
-@pytest.fixture
-def server():
-    with FakeJudgeServer() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
+pytestmark = pytest.mark.usefixtures("key")  # the judge's key in the environment (conftest)
 
 
 def batch_params(server, **settings):

@@ -10,14 +10,12 @@ import json
 import pytest
 
 from judge_server import FakeJudgeServer
-from test_judge import EXPERIMENT, KEY, KEY_ENV, MARK, demo_rows, generation_row, make_params, prepare, write_generations
+from test_judge import EXPERIMENT, KEY, MARK, demo_rows, generation_row, make_params, prepare, write_generations
 from sftlab import judge
 from sftlab.judge import probe
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
+pytestmark = pytest.mark.usefixtures("key")  # the judge's key in the environment (conftest)
 
 
 def remembered(outputs) -> list[dict]:

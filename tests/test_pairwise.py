@@ -4,28 +4,18 @@ Bradley-Terry ranking, separability and length-controlled win rate on data with 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from judge_server import _ANSWERS, FakeJudgeServer
-from test_judge import EXPERIMENT, KEY, KEY_ENV, MARK, demo_rows, generation_row, make_params, prepare, write_generations
+from judge_server import _ANSWERS
+from test_judge import MARK, demo_rows, generation_row, make_params, prepare
 from sftlab import judge, score
 from sftlab.judge.pairwise import model_pairs, reference_verdict
 from sftlab.score import pairwise
 
 
-@pytest.fixture
-def server():
-    with FakeJudgeServer() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
+pytestmark = pytest.mark.usefixtures("key")  # the judge's key in the environment (conftest)
 
 
 def pairwise_params(server, **settings):

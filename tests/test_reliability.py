@@ -10,13 +10,11 @@ import json
 import pytest
 
 from judge_server import FakeJudgeServer
-from test_judge import EXPERIMENT, KEY, KEY_ENV, make_params, prepare
+from test_judge import EXPERIMENT, make_params, prepare
 from sftlab import judge, labels, score
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
+pytestmark = pytest.mark.usefixtures("key")  # the judge's key in the environment (conftest)
 
 
 def card_of(params) -> dict:
