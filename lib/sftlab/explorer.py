@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from sftlab import pages
+from sftlab.judge.store import reasons_text
 
 FOLD_AT = 200  # characters: longer texts show their start and unfold on a click
 PAGE_LENGTH = 10
@@ -164,16 +165,11 @@ def judgments(frame: pd.DataFrame, answers: pd.DataFrame | None = None) -> Table
     shown["overall"] = pd.to_numeric(frame.get("overall"), errors="coerce")
     for column in [c for c in frame.columns if c.startswith("score_")]:
         shown[column.removeprefix("score_")] = pd.to_numeric(frame[column], errors="coerce")
-    shown["reasons"] = frame["reasons"].map(_reasons) if "reasons" in frame else ""
+    shown["reasons"] = frame["reasons"].map(lambda r: reasons_text(r if isinstance(r, dict) else None)) \
+        if "reasons" in frame else ""
     shown["error"] = frame.get("error")
     text = [c for c in ("question", "answer", "reasons", "error") if c in shown]
     return table(shown, text=text, filters=["checkpoint", "lang", "category", "finish_reason", "status", "pass"])
-
-
-def _reasons(reasons: Any) -> str:
-    if not isinstance(reasons, dict):
-        return ""
-    return "\n".join(f"{key}: {value}" for key, value in reasons.items())
 
 
 def samples(frame: pd.DataFrame) -> Table:

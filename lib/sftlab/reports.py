@@ -164,10 +164,11 @@ def _problems(status: dict, stages: tuple[str, ...]) -> str:
         if info.get("status") == "failed" and info.get("error"):
             lines.append(f"{stage} failed: {info['error']}")
         lines += info.get("problems") or []
-    return "".join(f'<div class="problem">{html.escape(_shorten(line))}</div>' for line in lines)
+    return "".join(f'<div class="problem">{html.escape(shorten(line))}</div>' for line in lines)
 
 
-def _shorten(text: str, limit: int = 240) -> str:
+def shorten(text: str, limit: int = 240) -> str:
+    """One line of at most `limit` characters (runs of whitespace become one space)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 

@@ -29,6 +29,7 @@ on a 400/422 (the safety net of sftlab.judge.api). Probe requests are few and ti
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -38,12 +39,14 @@ from typing import Any
 import openai
 
 from sftlab.config import JudgeParams, atomic_write_text
+from sftlab.reports import shorten
 from sftlab.judge.api import (MODES, OPENAI_URL, RETRY_STATUS, OpenAIJudge, _connection_level, _describe, _text_of,
                               fatal_reason)
 from sftlab.judge.rubric import Criterion, InvalidJudgment, Mode, Rubric
 
 PROBE_FILE = "probes.json"  # in judge/, beside the judgment files that are the cache
 PROBE_RETRIES = 2  # for 408/409/429 and dropped connections only
+_short = functools.partial(shorten, limit=160)  # what the plan shows of an error or an answer
 MARKER = "sftlab structured-output probe"  # in every probe request: test servers tell probes from rows by it
 PROBE_RUBRIC = Rubric(
     name="sftlab-probe", language="en",
@@ -197,12 +200,6 @@ def _json_object(text: str | None) -> bool:
         return isinstance(json.loads(text or ""), dict)
     except ValueError:
         return False
-
-
-def _short(text: str, limit: int = 160) -> str:
-    """One line, at most `limit` characters: what the plan shows of an error or an answer."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---- judge/probes.json ----------------------------------------------------------------------

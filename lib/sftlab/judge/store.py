@@ -57,6 +57,11 @@ class JudgmentRow(BaseModel):
 FIELDS = tuple(JudgmentRow.model_fields)
 
 
+def reasons_text(reasons: dict[str, str] | None) -> str:
+    """A row's reasons as text, one `criterion: reason` line each ('' when there are none)."""
+    return "\n".join(f"{key}: {value}" for key, value in (reasons or {}).items())
+
+
 def judgment_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []

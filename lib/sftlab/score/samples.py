@@ -64,7 +64,7 @@ def judgment_passes(layout: paths.ExperimentLayout) -> pd.DataFrame:
         judged = row.status == "judged"
         record = {"checkpoint": checkpoint, "id": sample_id, "repeat": repeat, "judge_status": row.status,
                   "overall": row.overall if judged else None, "judge_error": row.error,
-                  "judge_reasons": "\n".join(f"{k}: {v}" for k, v in (row.reasons or {}).items()) or None,
+                  "judge_reasons": judgments_store.reasons_text(row.reasons) or None,
                   "cost_usd": row.cost_usd or 0.0, "judge_backend": row.judge.get("backend"),
                   "judge_model": row.judge.get("model")}
         if judged:
