@@ -191,7 +191,7 @@ class OpenAIJudge:
         raw: str | None = None  # the last answer that came back
         first: str | None = None  # the first answer, once a repair request has answered too
         try:
-            messages = job.rubric.messages(job.prompt, job.reference, job.output, mode)
+            messages = job.rubric.messages(job.prompt, job.reference, job.output)
             completion, mode = await self._send_with_fallback(client, tally, messages, mode, job)
             raw, refusal = _text_of(completion)
             if refusal is not None:
@@ -240,8 +240,7 @@ class OpenAIJudge:
             except (openai.BadRequestError, openai.UnprocessableEntityError):  # 422: FastAPI-style servers
                 if self.params.structured != "auto" or mode == "prompt":
                     raise
-                mode = MODES[MODES.index(mode) + 1]
-                messages = job.rubric.messages(job.prompt, job.reference, job.output, mode)
+                mode = MODES[MODES.index(mode) + 1]  # the same messages: only response_format changes
 
     def _settle_mode(self, mode: Mode) -> None:
         # Only ever downward: a mode that had to be left once is not tried again in this run.

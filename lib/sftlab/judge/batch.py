@@ -91,8 +91,7 @@ class BatchJudge(OpenAIJudge):
         p = self.params
         client = self.client()
         self._on_done = on_done
-        self._open = {job.key: _Open(job, self._mode, job.rubric.messages(job.prompt, job.reference, job.output,
-                                                                            self._mode)) for job in jobs}
+        self._open = {job.key: _Open(job, self._mode, job.rubric.messages(job.prompt, job.reference, job.output)) for job in jobs}
         deadline = time.monotonic() + p.batch_fallback_after_s if p.batch_fallback_after_s else None
         state = self._load()
         try:
@@ -249,9 +248,7 @@ class BatchJudge(OpenAIJudge):
                 self.fatal, self.stopped = True, self._redact(fatal)
                 return self._finish(item, Outcome("error", error=self.stopped), mode)
             if status in (400, 422) and p.structured == "auto" and mode != "prompt" and not line["repair"]:
-                item.mode = MODES[MODES.index(mode) + 1]  # down the structured-output chain, next round
-                item.messages = item.job.rubric.messages(item.job.prompt, item.job.reference, item.job.output,
-                                                         item.mode)
+                item.mode = MODES[MODES.index(mode) + 1]  # down the chain, next round; same messages
                 return
             item.error = f"HTTP {status}: {message}"
             if status in RETRY_STATUS or status >= 500:

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab import paths
-from sftlab.judge.rubric import (Criterion, InvalidJudgment, Mode, PromptTemplate, Rubric, RubricError, _describe,
+from sftlab.judge.rubric import (Criterion, InvalidJudgment, PromptTemplate, Rubric, RubricError, _describe,
                                  _strip_fences)
 
 VERDICTS = {"A>>B": 2, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -2}
@@ -72,7 +72,7 @@ class PairRubric(PromptTemplate):
                         "description": "A>>B, A>B, A=B, B>A or B>>A"}},
             "required": ["reason", "verdict"], "additionalProperties": False}
 
-    def messages(self, prompt: list[dict], reference: str, output: tuple[str, str], mode: Mode,
+    def messages(self, prompt: list[dict], reference: str, output: tuple[str, str],
                  shape: bool = True) -> list[dict]:
         """As `Rubric.messages`: the JSON shape is in the prompt whatever the mode."""
         system = self.system_prompt.strip()

@@ -154,7 +154,7 @@ async def probe(judge: JudgeParams) -> Structured:
 async def _ask(backend: OpenAIJudge, client: openai.AsyncOpenAI, mode: Mode) -> Tried:
     """One probe request in `mode` (retried only for 408/409/429 and dropped connections)."""
     p = backend.params
-    messages = PROBE_RUBRIC.messages(PROBE_PROMPT, "4", "4", mode, shape=mode != "json_schema")
+    messages = PROBE_RUBRIC.messages(PROBE_PROMPT, "4", "4", shape=mode != "json_schema")
     request = backend.request_body(messages, mode, PROBE_RUBRIC)
     for attempt in range(PROBE_RETRIES + 1):
         backend.requests += 1

@@ -159,9 +159,9 @@ class Rubric(PromptTemplate):
             + "\n```\nShape: {" + shape + "}"
         )
 
-    def messages(self, prompt: list[dict], reference: str, output: str, mode: Mode,
-                 shape: bool = True) -> list[dict[str, str]]:
-        """The same text in every mode (`mode` changes only the request's `response_format`): the shape is
+    def messages(self, prompt: list[dict], reference: str, output: str, shape: bool = True) -> list[dict[str, str]]:
+        """The same text in every structured-output mode (the mode changes only the request's
+        `response_format`): the shape is
         in the prompt even under json_schema, because some servers answer 200 and ignore `response_format`,
         and json_object promises JSON, not which JSON (OpenAI also wants the word "JSON" in the messages).
         `shape=False` leaves it out: the capability probe (sftlab.judge.probe) asks that way to see whether

@@ -146,7 +146,7 @@ class Plan:
             mode = self.structured.mode if self.structured else "json_schema"
             for items in self.jobs.values():
                 item = items[0]
-                messages = item.rubric.messages(item.row.prompt, item.row.reference, item.output, mode)
+                messages = item.rubric.messages(item.row.prompt, item.row.reference, item.output)
                 text = "".join(m["content"] for m in messages)
                 if mode == "json_schema":  # the schema is sent too, and billed as input
                     text += json.dumps(item.rubric.response_schema(), ensure_ascii=False)
