@@ -91,7 +91,8 @@ class BatchJudge(OpenAIJudge):
         p = self.params
         client = self.client()
         self._on_done = on_done
-        self._open = {job.key: _Open(job, self._mode, job.rubric.messages(job.prompt, job.reference, job.output)) for job in jobs}
+        self._open = {job.key: _Open(job, self._mode, job.rubric.messages(job.prompt, job.reference,
+                                                                            job.output)) for job in jobs}
         deadline = time.monotonic() + p.batch_fallback_after_s if p.batch_fallback_after_s else None
         state = self._load()
         try:
