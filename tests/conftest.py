@@ -78,7 +78,7 @@ def tiny_params(tmp_path: Path, model_path: Path, **train) -> Path:
     import yaml
 
     settings = {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
-                "save_steps": 2, "max_length": 128, "gradient_checkpointing": False, "audit_rows": 4, **train}
+                "save_steps": 2, "max_length": 160, "gradient_checkpointing": False, "audit_rows": 4, **train}
     params = {"experiment": "tiny", "seed": 0, "model": {"name_or_path": str(model_path)},
               "data": {"train": str(ROOT / "data" / "demo" / "train.jsonl"),
                        "test": str(ROOT / "data" / "demo" / "test.jsonl")},

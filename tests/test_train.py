@@ -15,7 +15,7 @@ from conftest import tiny_params
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftlab import checkpoints, data, train
-from sftlab.train import audit, launch, trainer
+from sftlab.train import audit, launch, supervision, trainer
 from sftlab.train import views as train_views
 from sftlab.config import ParamsError, load_params
 
@@ -136,8 +136,12 @@ def test_a_dedicated_pad_token_fixes_the_legacy_collator(tmp_path, outputs, tiny
 
 def test_audit_catches_answers_cut_by_max_length(tmp_path, outputs, tiny_model_path):
     _, plan = plan_for(tmp_path, tiny_model_path, max_length=40)
+    with pytest.raises(supervision.SupervisionError, match=r"training rows are longer than train.max_length=40"):
+        audit.run_label_audit(plan.config_path, rows=4)  # refused by default: nothing is cut silently
+    train.release(plan)
+    _, plan = plan_for(tmp_path, tiny_model_path, max_length=40, overlong="keep_start")
     with pytest.raises(audit.UnsupervisedEOSError, match="cut by max_length"):
-        audit.run_label_audit(plan.config_path, rows=4)
+        audit.run_label_audit(plan.config_path, rows=4)  # cut on purpose: the audit still says what that costs
 
 
 def test_bfd_packing_with_the_legacy_collator_is_refused_at_params_time(tmp_path, outputs, tiny_model_path):

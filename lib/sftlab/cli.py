@@ -8,6 +8,8 @@
     sftlab prepare-train PARAMS [--set ...]     write the train config and data, run the label audit, print the
                                                 torchrun command (for launching by hand, e.g. under Slurm)
     sftlab import-labels PARAMS FILE            import human labels (CSV or JSONL) for the reliability card
+    sftlab import-recipe RECIPE.yaml [-o params/NAME.yaml]   a TRL / alignment-handbook recipe as a params file:
+                                                what it mapped and dropped, then every remaining problem at once
     sftlab index                                                             rebuild outputs/index.html
 """
 
@@ -59,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     import_labels.add_argument("file")
     import_labels.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    import_recipe = sub.add_parser("import-recipe", help="write a params file from a TRL or alignment-handbook "
+                                   "training recipe (flat YAML), saying what was mapped, dropped and why")
+    import_recipe.add_argument("recipe")
+    import_recipe.add_argument("-o", "--output", help="the params file to write (default: params/<recipe name>.yaml)")
+
     sub.add_parser("index", help="rebuild outputs/index.html")
     return parser
 
@@ -96,12 +103,32 @@ def main(argv: list[str] | None = None) -> int:
             count = labels.import_file(params, args.file)
             print(f"{count} labels imported into {labels.labels_file(params.layout)}; the next score run shows the "
                   f"judge's agreement with them")
+        elif args.command == "import-recipe":
+            return import_recipe(args.recipe, args.output)
         elif args.command == "index":
             print(reports.build_index())
     except (ParamsError, DataError, ModelError, UnsupervisedEOSError, TrainLocked, runner.StageFailed, KernelError,
             FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def import_recipe(recipe: str, output: str | None) -> int:
+    """Write the params file, list what was mapped and dropped, then validate it: every remaining problem at
+    once (exit 1 when there is one; the file stays, to be edited)."""
+    from sftlab import recipes
+    from sftlab.config import ParamsError, load_params
+
+    target, converted = recipes.import_recipe(recipe, output)
+    print(f"wrote {target}", file=sys.stderr)
+    print(converted.header(recipe), end="", file=sys.stderr)
+    try:
+        load_params(target)
+    except ParamsError as e:
+        print(f"sftlab: {target} needs editing before it runs:\n{e}", file=sys.stderr)
+        return 1
+    print(f"{target} validates: run it with `sftlab run {target}`", file=sys.stderr)
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -79,6 +80,7 @@ class ModelParams(_Section):
     revision: str | None = None
     dtype: DType = "auto"  # auto: bf16 on GPU, fp32 on CPU for inference; fp32 weights for training
     trust_remote_code: bool = False
+    chat_template: str | None = None  # a Jinja template file, or the text itself: replaces the tokenizer's own
 
 
 class ColumnMap(_Section):
@@ -106,6 +108,8 @@ class DataParams(_Section):
 Loss = Literal["completion", "all"]
 Packing = Literal[False, "bfd", "wrapped"]
 Collator = Literal["trl", "legacy_pad_masked"]
+Turns = Literal["all", "last"]  # which assistant turns carry loss (sftlab.train.supervision)
+Overlong = Literal["error", "drop", "keep_start", "keep_end"]  # rows longer than max_length
 PAD_TOKEN_CHOICES = ("eos", "add")  # ...or any token of the model's vocabulary
 Resume = Literal["auto", "never"] | str  # auto: the newest complete checkpoint; never; or a checkpoint path
 
@@ -130,6 +134,8 @@ class TrainKnobs(BaseModel):
 
     # What the origin's collator study varies.
     loss: Loss = "completion"
+    turns: Turns = "all"  # every assistant turn carries loss (weight: 0 turns excepted); last: only the final one
+    overlong: Overlong = "error"  # rows longer than max_length: refuse, drop, or cut (keep_start / keep_end)
     packing: Packing = False
     collator: Collator = "trl"
     pad_token: str = "eos"  # eos | add | a token of the model's vocabulary
@@ -165,16 +171,6 @@ class TrainParams(TrainKnobs):
     report_to: str | list[str] | None = None
 
     @model_validator(mode="after")
-    def _extra_keys_are_sft_config_fields(self) -> "TrainParams":
-        extra = sorted(self.model_extra or {})
-        if extra:
-            valid = sft_config_fields()
-            for key in extra:
-                if key not in valid:
-                    raise ValueError(_unknown_key_message(key, set(type(self).model_fields) | valid))
-        return self
-
-    @model_validator(mode="after")
     def _collator_fits_packing(self) -> "TrainParams":
         padding_free = self.packing == "bfd" or bool((self.model_extra or {}).get("padding_free"))
         conflict = collator_conflict(self.collator, padding_free)
@@ -184,6 +180,92 @@ class TrainParams(TrainKnobs):
 
 
 OWN_TRAIN_KEYS = frozenset(TrainKnobs.model_fields)  # not SFTConfig fields: never passed to it as such
+
+_NO_HUB = ("sftlab does not push to the Hub (the label audit and every launch stay offline); upload a "
+           "checkpoint of outputs/<experiment>/train/ yourself, e.g. `hf upload REPO outputs/EXP/train/checkpoint-N`")
+# trl.SFTConfig fields that sftlab decides itself: a value in the train section would be half-applied (or
+# silently overridden), so it is refused with the key that does the job.
+OWNED_TRAINER_KEYS = {
+    "output_dir": "checkpoints always go to outputs/<experiment>/train/: choose the folder with `experiment:`",
+    "seed": "use the top-level `seed:`; it seeds the data split, the trainer and sampling alike",
+    "completion_only_loss": "use train.loss: completion (answers only) or all (every token)",
+    "assistant_only_loss": "use train.turns: all (every assistant turn) or last; sftlab masks turns itself, "
+                           "no {% generation %} markers needed",
+    "packing_strategy": "use train.packing: bfd or wrapped",
+    "truncation_mode": "use train.overlong: keep_start or keep_end (or drop, or error: the default)",
+    "chat_template_path": "use model.chat_template (a template file or the template text); it is applied "
+                          "before the stop tokens are derived",
+    "gradient_checkpointing_kwargs": "its one setting is train.use_reentrant (true/false)",
+    "model_init_kwargs": "sftlab loads the model itself: use model.dtype, model.revision, model.trust_remote_code",
+    "dataset_text_field": "sftlab renders every row with the chat template itself (see the data section)",
+    "dataset_kwargs": "sftlab prepares the rows itself (see the data section)",
+    "eval_dataset_name": "the eval rows are data.test (or the split of data.test_size)",
+    "push_to_hub": _NO_HUB,
+    **{key: _NO_HUB for key in ("hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
+                                "hub_always_push", "hub_revision")},
+}
+# Keys of TRL/alignment-handbook recipes and scripts that are not (or no longer) trainer fields, with the
+# params key that means the same thing (`sftlab import-recipe` maps them for you).
+FOREIGN_KEYS = {
+    "model_name_or_path": "model.name_or_path",
+    "model_revision": "model.revision",
+    "torch_dtype": "model.dtype",
+    "dtype": "model.dtype",
+    "trust_remote_code": "model.trust_remote_code",
+    "attn_implementation": "nothing yet: sftlab loads the model with transformers' default attention; remove it",
+    "use_flash_attention_2": "nothing yet: sftlab loads the model with transformers' default attention; remove it",
+    "chat_template": "model.chat_template",
+    "dataset_name": "data.train (a file, a saved dataset folder or a hub id)",
+    "dataset_mixture": "data.train as a list of {source, split, weight}",
+    "dataset_splits": "data.train_split and data.test_split",
+    "dataset_config": "data.train (one source per entry)",
+    "dataset_configs": "data.train (one source per entry)",
+    "dataset_train_split": "data.train_split",
+    "dataset_test_split": "data.test_split",
+    "preprocessing_num_workers": "train.dataset_num_proc",
+    "max_seq_length": "train.max_length",
+    "warmup_ratio": "train.warmup_steps (a value below 1 is a fraction of the steps)",
+    "evaluation_strategy": "train.eval_strategy",
+    "overwrite_output_dir": "nothing: a changed config over existing checkpoints is refused; train.resume: never "
+                            "starts over (the old run is kept aside)",
+    "hub_model_revision": "nothing: " + _NO_HUB,
+}
+
+
+# report_to values and the package each needs in the training environment.
+TRACKER_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",),
+                    "comet_ml": ("comet_ml",), "trackio": ("trackio",), "clearml": ("clearml",),
+                    "dvclive": ("dvclive",), "swanlab": ("swanlab",), "neptune": ("neptune",)}
+
+
+def tracker_problem(name: str) -> str | None:
+    """Why `report_to: name` would fail at launch (its package is not installed), or None."""
+    import importlib.util
+
+    packages = TRACKER_PACKAGES.get(name)
+    if packages is None or any(importlib.util.find_spec(p) for p in packages):
+        return None
+    return (f"{name} is not installed in this environment ({sys.prefix}), so the launch would fail: install it "
+            f"(`{Path(sys.prefix) / 'bin' / 'pip'} install {packages[0]}`) or remove it; without any tracker "
+            "sftlab still plots loss, grad_norm and learning rate from trainer_state.json (the train report)")
+
+
+def train_key_problems(train: Any) -> list[tuple[str, str]]:
+    """(key, message) for every key of a raw train section that cannot be used as given: keys sftlab owns,
+    keys of recipes with their params name, and unknown keys — all at once, not one per round."""
+    if not isinstance(train, dict):
+        return []
+    valid = sft_config_fields()
+    own = set(TrainParams.model_fields)
+    problems = []
+    for key in map(str, train):
+        if key in own:
+            continue
+        if key in OWNED_TRAINER_KEYS:
+            problems.append((key, f"train.{key}: set by sftlab, not here: {OWNED_TRAINER_KEYS[key]}"))
+        elif key not in valid:
+            problems.append((key, _unknown_key_message(key, own | valid, prefix="train.")))
+    return problems
 
 
 class InferParams(_Section):
@@ -427,11 +509,21 @@ def validate(data: dict, sources: dict[tuple, str] | None = None, default_source
     """The schema, then what it cannot see: the trainer's pass-through values (as the training process
     will parse them), whether the model exists or can be fetched, the pad token against its vocabulary."""
     sources = sources or {}
+    keys = [f"{_source_of(('train', key), sources, default_source)}: {message}"
+            for key, message in train_key_problems(data.get("train"))]
     try:
         params = Params.model_validate(data)
     except ValidationError as e:
-        raise ParamsError(_explain(e, data, sources, default_source)) from None
+        # One round: the schema's problems and the train section's keys together.
+        raise ParamsError(_explain(e, data, sources, default_source, keys)) from None
+    if keys:
+        raise ParamsError("invalid params:\n  " + "\n  ".join(keys))
     problems: list[tuple[tuple, str]] = _trainer_field_problems(params)
+    trackers = params.train.report_to
+    for tracker in [trackers] if isinstance(trackers, str) else trackers or []:
+        problem = tracker_problem(tracker)
+        if problem:
+            problems.append((("train", "report_to"), problem))
     problems += _model_problems(params)
     if not problems:  # the pad token is looked up in the model's vocabulary: only once the model is fine
         pad = _pad_token_problem(params)
@@ -466,6 +558,10 @@ def _model_problems(params: Params) -> list[tuple[tuple, str]]:
     problem = models.model_problem(params.model.name_or_path)
     if problem:
         problems.append((("model", "name_or_path"), problem))
+    try:
+        models.chat_template_text(params.model.chat_template)
+    except models.ModelError as e:
+        problems.append((("model", "chat_template"), str(e).removeprefix("model.chat_template: ")))
     if params.judge.backend == "local":
         problem = models.model_problem(params.judge.local_model)
         if problem:
@@ -555,6 +651,8 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 def _unknown_key_message(key: str, valid: set[str], where: str | None = None, prefix: str = "") -> str:
     """`key` is the last part of the dotted name; `prefix` the section it is in ("train.")."""
+    if key in FOREIGN_KEYS and key not in valid:
+        return f"{where + ': ' if where else ''}unknown key '{prefix}{key}'; in a params file: {FOREIGN_KEYS[key]}"
     close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
     return f"{where + ': ' if where else ''}unknown key '{prefix}{key}'{hint}"
@@ -622,7 +720,8 @@ _EXPECTED = {
 }
 
 
-def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], default: str) -> str:
+def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], default: str,
+             more: list[str] = ()) -> str:
     lines: list[str] = []
     wrong_type: dict[tuple[str, str, str], list[str]] = {}
     for err in error.errors():
@@ -637,12 +736,7 @@ def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], defa
             lines.append(f"{where}: {dotted}: required key is missing")
         elif err["type"] == "value_error":
             message = err["msg"].removeprefix("Value error, ")
-            unknown = re.match(r"unknown key '([^']+)'", message)
-            if unknown and loc == ("train",):  # from TrainParams: name the section and the file
-                where = _source_of(("train", unknown.group(1)), sources, default)
-                message = message.replace("key '", "key 'train.").replace("mean '", "mean 'train.")
-                lines.append(f"{where}: {message}")
-            elif loc == ("train",) and message.startswith("collator:"):  # name every file that set a side of it
+            if loc == ("train",) and message.startswith("collator:"):  # name every file that set a side of it
                 keys = [("train", key) for key in ("collator", "packing", "padding_free") if ("train", key) in sources]
                 where = " and ".join(dict.fromkeys(sources[key] for key in keys)) or default
                 lines.append(f"{where}: train.{message}")
@@ -654,4 +748,4 @@ def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], defa
             wrong_type.setdefault((where, dotted, repr(err.get("input"))), []).append(expected)
     for (where, dotted, got), expected in wrong_type.items():
         lines.append(f"{where}: {dotted}: expected {' or '.join(dict.fromkeys(expected))}, got {got}")
-    return "invalid params:\n  " + "\n  ".join(dict.fromkeys(lines))
+    return "invalid params:\n  " + "\n  ".join(dict.fromkeys(lines + list(more)))

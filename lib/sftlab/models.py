@@ -269,6 +269,11 @@ def end_of_turn_token_id(tokenizer) -> int:
     falls back to EOS for templates that end a turn with it.
     """
     marker = "sftlab-end-of-turn-probe"
+    if not tokenizer.chat_template:
+        raise ModelError(f"{getattr(tokenizer, 'name_or_path', 'the model')}: the tokenizer has no chat template, so "
+                         "conversations cannot be rendered (a base model, not a chat model): set "
+                         "model.chat_template to a template file or text (e.g. ChatML), and its end-of-turn "
+                         "token must be in the vocabulary")
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
     )
@@ -281,6 +286,19 @@ def end_of_turn_token_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token and its chat template no end-of-turn token")
     return tokenizer.eos_token_id
+
+
+def chat_template_text(value: str | None) -> str | None:
+    """`model.chat_template`: the Jinja text itself, or a file holding it (found with `paths.resolve`)."""
+    if not value:
+        return None
+    if "{%" in value or "{{" in value:
+        return value
+    path = paths.resolve(value)
+    if not path.is_file():
+        raise ModelError(f"model.chat_template: {value}: no such file; give a Jinja template file (.jinja) or "
+                         "the template text itself")
+    return path.read_text(encoding="utf-8")
 
 
 def stop_token_ids(tokenizer) -> list[int]:

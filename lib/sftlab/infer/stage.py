@@ -133,6 +133,11 @@ def plan(params: Params) -> Plan:
         fingerprint = {"model": target.path if target.name == BASE else target.name,
                        "weights": _weights_fingerprint(model_path),
                        "dtype": models.weights_dtype(params.model.dtype), "settings": settings.fingerprint()}
+        if params.model.chat_template:  # another template, other prompts
+            import hashlib
+
+            template = models.chat_template_text(params.model.chat_template)
+            fingerprint["chat_template"] = hashlib.sha256(template.encode()).hexdigest()[:16]
         if params.infer.engine != "hf":  # (the HF engine's rows keep the fingerprint they always had)
             fingerprint["engine"] = params.infer.engine
         stale = store.is_stale(path, fingerprint) and store.is_stale(path, _legacy(fingerprint, model_path))
@@ -199,7 +204,8 @@ def run(planned: Plan, echo: Callable[[str], None] = print,
 
         make_engine = VLLMEngines(dtype=params.model.dtype, seed=settings.seed,
                                   probes=[e.prompt for e in examples[:2]])
-    make_engine = make_engine or (lambda path: HFEngine(path, dtype=params.model.dtype))
+    template = models.chat_template_text(params.model.chat_template)
+    make_engine = make_engine or (lambda path: HFEngine(path, dtype=params.model.dtype, chat_template=template))
     try:
         return _run(planned, echo, make_engine)
     finally:

@@ -31,7 +31,7 @@ from sftlab.config import OWN_TRAIN_KEYS, Params, TrainParams, atomic_write_text
 
 LOG_TAIL_LINES = 50
 # The sftlab knobs that sftlab.train.ScriptArguments takes, under the same names.
-SCRIPT_KNOBS = ("collator", "pad_token", "use_reentrant", "resume")
+SCRIPT_KNOBS = ("collator", "pad_token", "use_reentrant", "resume", "turns", "overlong")
 
 
 def nproc_per_node(train: TrainParams) -> int:
@@ -65,6 +65,10 @@ def train_config(params: Params, model_path: str, train_file: Path, output_dir: 
     }
     if train.packing:
         config["packing_strategy"] = train.packing
+    if wants_eval(train):  # eval loss on the held-out rows (data.test, or the split of data.test_size)
+        config["eval_file"] = str(output_dir / "eval.jsonl")
+    if params.model.chat_template:
+        config["chat_template"] = str(output_dir / "chat_template.jinja")
     # ...and what the params say (declared SFTConfig fields that are set, then any other SFTConfig key).
     config.update({k: v for k, v in train.model_dump(exclude=OWN_TRAIN_KEYS).items() if v is not None})
     world_size = nproc_per_node(train) * train.nnodes
@@ -75,6 +79,11 @@ def train_config(params: Params, model_path: str, train_file: Path, output_dir: 
         config["fsdp_config"] = {"cpu_ram_efficient_loading": True, "state_dict_type": "FULL_STATE_DICT"}
         config["env"] = {"ACCELERATE_USE_FSDP": "true", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
     return config
+
+
+def wants_eval(train: TrainParams) -> bool:
+    extra = train.model_extra or {}
+    return bool(extra.get("do_eval")) or str(extra.get("eval_strategy", "no")).lower() not in ("no", "none")
 
 
 def portable(config: dict) -> dict:
@@ -118,10 +127,27 @@ def torchrun_command(train: TrainParams, config_path: Path) -> list[str]:
     return command + ["-m", "sftlab.train", "--config", str(config_path)]
 
 
+def write_inputs(params: Params, train_examples, test_examples, train_dir: Path) -> None:
+    """What the launch reads besides its config: the training rows, the eval rows when the trainer evaluates,
+    the chat template when the params give one."""
+    write_train_rows(train_examples, train_dir / "train.jsonl")
+    if wants_eval(params.train):
+        write_train_rows(test_examples, train_dir / "eval.jsonl")
+    if params.model.chat_template:
+        from sftlab.models import chat_template_text
+
+        atomic_write_text(train_dir / "chat_template.jinja", chat_template_text(params.model.chat_template))
+
+
 def write_train_rows(examples, path: Path) -> None:
-    """The validated rows as chat prompt/completion pairs: the loss mask follows the completion."""
-    lines = [json.dumps({"id": ex.id, "prompt": ex.prompt, "completion": ex.messages[-1:]}, ensure_ascii=False)
-             for ex in examples]
+    """The validated rows as whole conversations; which turns carry loss is decided when they are tokenized
+    (sftlab.train.supervision): `untrained` lists the assistant turns a row marks with weight 0."""
+    lines = []
+    for ex in examples:
+        row = {"id": ex.id, "messages": ex.messages, "untrained": list(getattr(ex, "untrained", ()))}
+        if ex.meta.get("tools"):
+            row["tools"] = ex.meta["tools"]
+        lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

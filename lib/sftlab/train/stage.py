@@ -67,7 +67,9 @@ class Plan:
         """What `run` will do: steps still to train, on how many rows and processes."""
         newest = checkpoints.newest_complete(self.train_dir)
         done = checkpoints.step_of(newest) if newest else 0
-        return {"base_model": self.base_model, "rows": self.rows, "max_steps": self.max_steps,
+        data_report = self.label_audit.data if self.label_audit is not None else None
+        rows = {"rows": data_report.trained, "rows_read": data_report.rows} if data_report else {"rows": self.rows}
+        return {"base_model": self.base_model, **rows, "max_steps": self.max_steps,
                 "resume_from_step": done, "skip": self.skip,
                 "processes": launch.nproc_per_node(self.params.train) * self.params.train.nnodes,
                 "command": " ".join(self.command)}
@@ -75,9 +77,9 @@ class Plan:
 
 def prepare_and_audit(params: Params, echo: Callable[[str], None] = print) -> Plan:
     """Validate the rows, resolve the base model, write the flat config and rows, run the label audit."""
-    train_examples, _ = data.load_splits(params.data, params.seed)
+    train_examples, test_examples = data.load_splits(params.data, params.seed)
     base_model = models.resolve_model(params.model.name_or_path)
-    planned = prepare(params, train_examples, base_model, echo)
+    planned = prepare(params, train_examples, base_model, echo, test_examples)
     try:
         with progress.step(f"train: label audit of {params.train.audit_rows} rows, tokenized and collated as "
                            f"the trainer will", echo=echo):
@@ -87,6 +89,9 @@ def prepare_and_audit(params: Params, echo: Callable[[str], None] = print) -> Pl
     except BaseException:
         release(planned)
         raise
+    if planned.label_audit.data is not None:  # every row: read, trained, left out, cut; loss per answer
+        atomic_write_text(planned.train_dir / "data_report.json",
+                          json.dumps(planned.label_audit.data.as_dict(), indent=2, ensure_ascii=False) + "\n")
     echo(f"label audit: {planned.label_audit.summary()}")
     return planned
 
@@ -95,13 +100,13 @@ plan = prepare_and_audit  # the shape every stage has: plan(params) -> Plan, the
 
 
 def prepare(params: Params, examples: list[data.Example], model_path: str,
-            echo: Callable[[str], None] = print) -> Plan:
+            echo: Callable[[str], None] = print, test_examples: list[data.Example] = ()) -> Plan:
     """Take the experiment's train lock, write the rows and the flat config; decide whether there is anything
     left to train. The lock stays held (by this process) until `run` ends or `release`."""
     lock_path = lock_file(params)
     lock = train_lock.acquire(lock_path, params.layout.root, echo)
     try:
-        return _prepare(params, examples, model_path, lock_path)
+        return _prepare(params, examples, model_path, lock_path, test_examples)
     except BaseException:
         lock.release()
         raise
@@ -116,7 +121,8 @@ def release(planned: Plan) -> None:
     train_lock.release(planned.lock_path)
 
 
-def _prepare(params: Params, examples: list[data.Example], model_path: str, lock_path: Path) -> Plan:
+def _prepare(params: Params, examples: list[data.Example], model_path: str, lock_path: Path,
+             test_examples: list[data.Example] = ()) -> Plan:
     train_dir = params.layout.train
     train_dir.mkdir(parents=True, exist_ok=True)
     config_path = train_dir / "train_config.yaml"
@@ -138,7 +144,7 @@ def _prepare(params: Params, examples: list[data.Example], model_path: str, lock
                 f"{train_dir} holds checkpoints of a different train config (changed: {', '.join(changed)}). "
                 "Resuming would mix two runs: use a new experiment name, or set train.resume: never to start "
                 "over (the old folder is kept as train.previous-<time>).")
-    launch.write_train_rows(examples, train_dir / "train.jsonl")
+    launch.write_inputs(params, examples, test_examples, train_dir)
     atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     _record_run(train_dir)
 
