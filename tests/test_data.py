@@ -173,6 +173,39 @@ def test_multi_turn_messages(tmp_path):
     assert example.messages[-1] == {"role": "assistant", "content": "a2"}  # only role and content are kept
 
 
+CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+TOOL_TURNS = [{"role": "user", "content": "Weather in Paris?"},
+              {"role": "assistant", "content": None, "tool_calls": [CALL]},
+              {"role": "tool", "content": '{"c": 21}', "name": "weather", "tool_call_id": "call_1", "extra": 1},
+              {"role": "tool", "content": '{"rain": 0}', "name": "weather"},
+              {"role": "assistant", "content": "21 C and dry."}]
+
+
+def test_tool_call_turns_are_kept_in_shape(tmp_path):
+    path = write_jsonl(tmp_path / "tools.jsonl", [{"id": "t", "messages": TOOL_TURNS}, MESSAGE_ROWS[0]])
+    tools, plain = load_examples(str(path), "train", COLUMNS)
+    assert tools.messages[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]}
+    assert tools.messages[2] == {"role": "tool", "content": '{"c": 21}', "name": "weather", "tool_call_id": "call_1"}
+    assert tools.reference == "21 C and dry."
+    assert tools.has_tools and not plain.has_tools
+    # The training target may itself be a tool call.
+    [call] = load_examples(str(write_jsonl(tmp_path / "call.jsonl", [{"messages": TOOL_TURNS[:2]}])), "train", COLUMNS)
+    assert call.messages[-1]["tool_calls"][0]["function"]["name"] == "weather" and call.has_tools
+
+
+def test_weight_zero_marks_assistant_turns_untrained_and_is_not_handed_on(tmp_path):
+    turns = [{"role": "user", "content": "u1", "weight": 0}, {"role": "assistant", "content": "a1", "weight": 0},
+             {"role": "user", "content": "u2"}, {"role": "assistant", "content": "a2", "weight": 1}]
+    path = write_jsonl(tmp_path / "w.jsonl", [{"id": "w", "messages": turns}, MESSAGE_ROWS[0]])
+    weighted, plain = load_examples(str(path), "train", COLUMNS)
+    assert weighted.untrained == (1,) and plain.untrained == ()
+    assert all(set(m) == {"role", "content"} for m in weighted.messages)
+    # Indexes point into the messages handed on: a system prompt put in front shifts them.
+    [shifted, _] = load_examples(str(path), "train", COLUMNS, system_prompt="Be brief.")
+    assert shifted.untrained == (2,) and shifted.messages[2]["content"] == "a1"
+
+
 # --------------------------------------------------------------------------------------------
 # Bad rows
 # --------------------------------------------------------------------------------------------
@@ -191,7 +224,25 @@ BAD_ROWS = {
     "non-string content": ({"id": "x", "messages": [U, {"role": "assistant", "content": 42}]},
                            "messages[1].content", "got int"),
     "missing content": ({"id": "x", "messages": [{"role": "user"}, A]}, "messages[0].content", "missing field"),
-    "unknown role": ({"id": "x", "messages": [{"role": "tool", "content": "t"}, A]}, "messages[0].role", "'tool'"),
+    "unknown role": ({"id": "x", "messages": [{"role": "robot", "content": "t"}, A]}, "messages[0].role",
+                     "unknown role 'robot'"),
+    "tool without a call": ({"id": "x", "messages": [U, A, {"role": "tool", "content": "t"}, A]},
+                            "messages[2].role", "expected 'user', got 'tool'"),
+    "call without a result": ({"id": "x", "messages": [U, {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}, U, A]},
+        "messages[2].role", "expected 'tool', got 'user'"),
+    "call without a name": ({"id": "x", "messages": [U, {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"arguments": {}}}]}, {"role": "tool", "content": "t"}, A]},
+        "messages[1].tool_calls[0].function.name", "function's name"),
+    "arguments not JSON": ({"id": "x", "messages": [U, {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "f", "arguments": "{oops"}}]}, {"role": "tool", "content": "t"}, A]},
+        "messages[1].tool_calls[0].function.arguments", "not parsable"),
+    "user makes a call": ({"id": "x", "messages": [{**U, "tool_calls": []}, A]},
+                          "messages[0].tool_calls", "only an assistant"),
+    "weight not 0 or 1": ({"id": "x", "messages": [U, {**A, "weight": 0.5}]}, "messages[1].weight",
+                          "expected 0 (do not train this turn) or 1, got 0.5"),
+    "weight 1 on a user turn": ({"id": "x", "messages": [{**U, "weight": 1}, A]}, "messages[0].weight",
+                                "only assistant turns are trained"),
     "user twice": ({"id": "x", "messages": [U, U, A]}, "messages[1].role", "expected 'assistant'"),
     "system not first": ({"id": "x", "messages": [U, {"role": "system", "content": "s"}, A]},
                          "messages[1].role", "got 'system'"),
@@ -224,7 +275,7 @@ def test_normalize_raises_for_one_row_naming_every_bad_field():
     assert "messages[1].role: unknown role 'robot'" in str(info.value)
     assert info.value.problems == ("f.jsonl:9: messages[0].content: empty or whitespace-only",
                                    "f.jsonl:9: messages[1].role: unknown role 'robot'; "
-                                   "expected one of system, user, assistant")
+                                   "expected one of system, user, assistant, tool")
 
 
 def test_malformed_json_line_names_file_and_line(tmp_path):

@@ -40,7 +40,7 @@ from sftlab import paths
 from sftlab.config import ColumnMap, DataParams
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED = 20  # enough to see the pattern of a broken file without drowning the notebook
 
 Row = tuple[str, dict]  # (location, raw row)
@@ -58,9 +58,13 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Example:
     id: str
-    messages: list[dict]  # [{"role", "content"}, ...], ending with the assistant's answer
+    # [{"role", "content"}, ...], ending with an assistant message. An assistant message may also carry
+    # "tool_calls" ([{"type": "function", "function": {"name", "arguments": {...}}, "id"?}]); a "tool" message
+    # (after an assistant message with tool_calls) may carry "name" and "tool_call_id". Nothing else is kept.
+    messages: list[dict]
     source: str  # "path/to/file.jsonl:17"
     meta: dict = field(default_factory=dict)  # the row's other columns, JSON-safe
+    untrained: tuple[int, ...] = ()  # indexes into messages of assistant turns not to train (weight: 0)
 
     @property
     def prompt(self) -> list[dict]:
@@ -69,6 +73,10 @@ class Example:
     @property
     def reference(self) -> str:
         return self.messages[-1]["content"]
+
+    @property
+    def has_tools(self) -> bool:
+        return any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +235,7 @@ def normalize(location: str, row: dict, columns: ColumnMap, system_prompt: str |
     elif columns.question in row or columns.answer in row:
         messages = _question_answer(row, columns, bad, found)
     else:
-        messages = []
+        messages = None
         bad(columns.messages, f"missing field: expected a '{columns.messages}' column or "
                               f"'{columns.question}' and '{columns.answer}' columns; found columns: {found}")
 
@@ -241,76 +249,258 @@ def normalize(location: str, row: dict, columns: ColumnMap, system_prompt: str |
             bad(columns.id, "empty")
         example_id = str(example_id)
 
-    if problems:
+    if problems or messages is None:
         raise DataError(f"{location}: " + "; ".join(problems), [f"{location}: {p}" for p in problems])
-    if system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
+    if system_prompt and messages[0].message["role"] != "system":
+        messages.insert(0, _Message({"role": "system", "content": system_prompt}, -1, 1))
+    untrained = tuple(i for i, m in enumerate(messages) if m.weight == 0 and m.message["role"] == "assistant")
     taken = {columns.id, columns.messages, columns.question, columns.answer, columns.system}
     meta = {str(k): _json_safe(v) for k, v in row.items() if k not in taken}
-    return Example(id=example_id, messages=messages, source=location, meta=meta)
+    return Example(id=example_id, messages=[m.message for m in messages], source=location, meta=meta,
+                   untrained=untrained)
 
 
-def _question_answer(row: dict, columns: ColumnMap, bad: Callable, found: str) -> list[dict]:
+def _question_answer(row: dict, columns: ColumnMap, bad: Callable, found: str) -> list[_Message]:
     messages = []
     system = row.get(columns.system)
     if not _blank(system):  # no column, null, or an empty CSV cell all mean: no system message
         _check_text(system, columns.system, bad)
-        messages.append({"role": "system", "content": system})
+        messages.append(_Message({"role": "system", "content": system}, -1, 1))
     for role, name in (("user", columns.question), ("assistant", columns.answer)):
         if name not in row:
             bad(name, f"missing field; found columns: {found}")
         else:
             _check_text(row[name], name, bad)
-            messages.append({"role": role, "content": row[name]})
+            messages.append(_Message({"role": role, "content": row[name]}, -1, 1))
     return messages
 
 
-def _messages(value: Any, name: str, bad: Callable) -> list[dict]:
+@dataclass(frozen=True)
+class _Shape:
+    """How one row form spells a message: the keys of role and content, and its role names (lower case)."""
+
+    role: str
+    content: str
+    roles: dict[str, str]  # role name as written, lower-cased -> role
+
+
+MESSAGES_SHAPE = _Shape("role", "content", {r: r for r in ROLES})
+SHAREGPT_SHAPE = _Shape("from", "value", {
+    "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+    "tool": "tool", "observation": "tool", "function_response": "tool",
+    "function_call": "assistant",  # its value is the call, {"name", "arguments"} as JSON: an assistant tool call
+})
+ORDER_RULE = ("an optional system message first, then user and assistant alternating, ending with assistant; "
+              "an assistant message with tool_calls is followed by one or more tool messages, then an assistant")
+
+
+@dataclass
+class _Message:
+    message: dict  # what is handed on: role and content (+ tool_calls, or name/tool_call_id on a tool turn)
+    index: int  # its position in the row as written, for error messages
+    weight: int  # 0: do not train this assistant turn
+
+
+def _messages(value: Any, name: str, bad: Callable, shape: _Shape = MESSAGES_SHAPE) -> list[_Message] | None:
+    """A row's list of messages, checked; None if any problem was reported through `bad`."""
     if isinstance(value, str):  # a CSV cell holds the list as JSON text
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            bad(name, f"expected a list of {{role, content}} (as JSON text in a CSV cell), not parsable: {e.msg}")
-            return []
+            bad(name, f"expected a list of {{{shape.role}, {shape.content}}} (as JSON text in a CSV cell), "
+                      f"not parsable: {e.msg}")
+            return None
+    if hasattr(value, "tolist"):  # a numpy array from a table reader
+        value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
-        bad(name, f"expected a non-empty list of {{role, content}}, got {_kind(value) if value else 'an empty one'}")
-        return []
-    messages, clean = [], True
-    for i, message in enumerate(value):
-        where = f"{name}[{i}]"
-        if not isinstance(message, dict):
-            bad(where, f"expected an object with role and content, got {_kind(message)}")
+        bad(name, f"expected a non-empty list of {{{shape.role}, {shape.content}}}, "
+                  f"got {_kind(value) if value else 'an empty one'}")
+        return None
+    messages: list[_Message] = []
+    clean = True
+    for i, raw in enumerate(value):
+        message = _message(raw, f"{name}[{i}]", bad, shape)
+        if message is None:
             clean = False
-            continue
-        for key in ("role", "content"):
-            if key not in message:
-                bad(f"{where}.{key}", f"missing field; found keys: {', '.join(map(str, message)) or '(none)'}")
-                clean = False
-        role = message.get("role")
-        if "role" in message and role not in ROLES:
-            bad(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-            clean = False
-        if "content" in message:
-            clean &= _check_text(message["content"], f"{where}.content", bad)
-        # Only role and content are kept: extra keys (name, weight, ...) mean nothing to the chat template here.
-        messages.append({"role": role, "content": message.get("content")})
+        elif message.message["role"] == "system" and i == 0 and not message.message["content"].strip():
+            continue  # a blank system message means no system message
+        else:
+            messages.append(_Message(message.message, i, message.weight))
     if clean:
-        _check_order([m["role"] for m in messages], name, bad)
-    return messages
+        clean = _check_order(messages, name, bad)
+    return messages if clean else None
 
 
-def _check_order(roles: list[str], name: str, bad: Callable) -> None:
+def _message(raw: Any, where: str, bad: Callable, shape: _Shape) -> _Message | None:
+    if not isinstance(raw, dict):
+        bad(where, f"expected an object with {shape.role} and {shape.content}, got {_kind(raw)}")
+        return None
+    clean = True
+    written = raw.get(shape.role)
+    role = shape.roles.get(written.strip().lower()) if isinstance(written, str) else None
+    if shape.role not in raw:
+        bad(f"{where}.{shape.role}", f"missing field; found keys: {', '.join(map(str, raw)) or '(none)'}")
+        clean = False
+    elif role is None:
+        bad(f"{where}.{shape.role}", f"unknown role {written!r}; expected one of {', '.join(shape.roles)}")
+        clean = False
+
+    calls = None
+    if shape is SHAREGPT_SHAPE and isinstance(written, str) and written.strip().lower() == "function_call":
+        calls = _function_call(raw.get(shape.content), f"{where}.{shape.content}", bad)
+        clean &= calls is not None
+        content = ""
+    else:
+        if "tool_calls" in raw and raw["tool_calls"] is not None:
+            if role == "assistant":
+                calls = _tool_calls(raw["tool_calls"], f"{where}.tool_calls", bad)
+                clean &= calls is not None
+            elif role is not None:
+                bad(f"{where}.tool_calls", f"only an assistant message can make tool calls, not a {role} message")
+                clean = False
+        content = _content(raw, where, bad, shape, may_be_blank=bool(calls) or role == "system")
+        clean &= content is not None
+
+    weight = raw.get("weight", 1)
+    if isinstance(weight, bool) or weight not in (0, 1):
+        bad(f"{where}.weight", f"expected 0 (do not train this turn) or 1, got {weight!r}")
+        clean = False
+    elif weight == 1 and "weight" in raw and role not in ("assistant", None):
+        bad(f"{where}.weight", f"weight 1 on a {role} message: only assistant turns are trained; "
+                               "drop the key or set it to 0")
+        clean = False
+    if not clean:
+        return None
+    message: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    if role == "tool":
+        for key in ("name", "tool_call_id"):
+            if isinstance(raw.get(key), str) and raw[key]:
+                message[key] = raw[key]
+    return _Message(message, 0, int(weight))
+
+
+def _content(raw: dict, where: str, bad: Callable, shape: _Shape, may_be_blank: bool) -> str | None:
+    """The text of a message; a list of text parts is joined with newlines."""
+    name = f"{where}.{shape.content}"
+    if shape.content not in raw or raw[shape.content] is None:
+        if may_be_blank:
+            return ""
+        bad(name, f"missing field; found keys: {', '.join(map(str, raw)) or '(none)'}" if shape.content not in raw
+            else "expected a string, got null")
+        return None
+    value = raw[shape.content]
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        texts = []
+        for k, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                what = f"a {kind!r} part" if kind else f"{_kind(part)}"
+                bad(f"{name}[{k}]", f"{what} is not text; only text parts ({{\"type\": \"text\", \"text\": ...}}) "
+                                    "can be trained on")
+                return None
+            texts.append(part["text"])
+        value = "\n".join(texts)
+    if not isinstance(value, str):
+        bad(name, f"expected a string or a list of text parts, got {_kind(value)}")
+        return None
+    if not value.strip() and not may_be_blank:
+        bad(name, "empty or whitespace-only")
+        return None
+    return value
+
+
+def _tool_calls(value: Any, name: str, bad: Callable) -> list[dict] | None:
+    """OpenAI-style tool calls: [{"type": "function", "function": {"name", "arguments"}, "id"?}, ...]."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not value:
+        bad(name, f"expected a non-empty list of calls, got {_kind(value) if value else 'an empty one'}")
+        return None
+    calls = []
+    for k, call in enumerate(value):
+        where = f"{name}[{k}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            bad(where, 'expected {"type": "function", "function": {"name": ..., "arguments": ...}}, '
+                       f"got {_kind(call) if not isinstance(call, dict) else 'keys ' + ', '.join(map(str, call))}")
+            return None
+        if call.get("type", "function") != "function":
+            bad(f"{where}.type", f"expected 'function', got {call.get('type')!r}")
+            return None
+        checked = _call(function, f"{where}.function", bad)
+        if checked is None:
+            return None
+        calls.append({**({"id": call["id"]} if isinstance(call.get("id"), str) else {}),
+                      "type": "function", "function": checked})
+    return calls
+
+
+def _call(function: dict, where: str, bad: Callable) -> dict | None:
+    if not isinstance(function.get("name"), str) or not function["name"].strip():
+        bad(f"{where}.name", f"expected the function's name, got {_kind(function.get('name'))}")
+        return None
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as e:
+            bad(f"{where}.arguments", f"not parsable as JSON: {e.msg}")
+            return None
+    if not isinstance(arguments, dict):
+        bad(f"{where}.arguments", f"expected an object of arguments (or it as JSON text), got {_kind(arguments)}")
+        return None
+    return {"name": function["name"], "arguments": arguments}
+
+
+def _function_call(value: Any, where: str, bad: Callable) -> list[dict] | None:
+    """A ShareGPT `function_call` turn's value: {"name", "arguments"} (or a list of them) as JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            bad(where, f'expected the call as JSON text, {{"name": ..., "arguments": ...}}, not parsable: {e.msg}')
+            return None
+    calls = value if isinstance(value, list) else [value]
+    if not calls or not all(isinstance(c, dict) for c in calls):
+        bad(where, f'expected {{"name": ..., "arguments": ...}}, got {_kind(value)}')
+        return None
+    checked = [_call(c, where, bad) for c in calls]
+    if any(c is None for c in checked):
+        return None
+    return [{"type": "function", "function": c} for c in checked]
+
+
+def _check_order(messages: list[_Message], name: str, bad: Callable) -> bool:
+    roles = [m.message["role"] for m in messages]
+    if not roles:
+        bad(name, f"only a blank system message; {ORDER_RULE}")
+        return False
     start = 1 if roles[0] == "system" else 0
-    rule = "an optional system message first, then user and assistant alternating, ending with assistant"
-    for i in range(start, len(roles)):
-        expected = "user" if (i - start) % 2 == 0 else "assistant"
-        if roles[i] != expected:
-            bad(f"{name}[{i}].role", f"expected '{expected}', got '{roles[i]}' ({rule})")
-            return
     if len(roles) == start:
-        bad(name, f"a system message alone; {rule}")
-    elif roles[-1] != "assistant":
-        bad(f"{name}[{len(roles) - 1}].role", f"the last message must be the assistant's answer, got 'user' ({rule})")
+        bad(name, f"a system message alone; {ORDER_RULE}")
+        return False
+    expected = ("user",)
+    for m in messages[start:]:
+        role = m.message["role"]
+        if role not in expected:
+            wanted = " or ".join(f"'{r}'" for r in expected)
+            bad(f"{name}[{m.index}].role", f"expected {wanted}, got '{role}' ({ORDER_RULE})")
+            return False
+        if role == "user":
+            expected = ("assistant",)
+        elif role == "assistant":
+            expected = ("tool",) if m.message.get("tool_calls") else ("user",)
+        else:  # tool
+            expected = ("tool", "assistant")
+    if roles[-1] != "assistant":
+        bad(f"{name}[{messages[-1].index}].role",
+            f"the last message must be the assistant's answer, got '{roles[-1]}' ({ORDER_RULE})")
+        return False
+    return True
 
 
 def _check_text(value: Any, name: str, bad: Callable) -> bool:
@@ -405,7 +595,7 @@ def to_records(examples: Iterable[Example]) -> list[dict]:
     """[{"id", "messages", **meta}], JSON-safe. A meta column named id or messages becomes "meta.id"."""
     records = []
     for e in examples:
-        record: dict[str, Any] = {"id": e.id, "messages": [dict(m) for m in e.messages]}
+        record: dict[str, Any] = {"id": e.id, "messages": _json_safe(e.messages)}
         for key, value in e.meta.items():
             record[f"meta.{key}" if key in ("id", "messages") else key] = _json_safe(value)
         records.append(record)
