@@ -82,23 +82,46 @@ class ModelParams(_Section):
 
 
 class ColumnMap(_Section):
-    """Which columns of the dataset hold what. A row is either `messages` or question/answer."""
+    """Which columns of the dataset hold what. A row is `messages`, ShareGPT `conversations`, or
+    question/answer (+ input); TRL's prompt/completion and Alpaca's instruction/input/output are recognised
+    by those names (docs/data.md)."""
 
     id: str = "id"
     messages: str = "messages"
+    conversations: str = "conversations"  # ShareGPT: [{from, value}, ...], used when a row has no messages
     question: str = "question"
     answer: str = "answer"
+    input: str = "input"  # when not empty: appended to the question after a blank line (Alpaca's input)
     system: str = "system"
 
 
+class MixtureSource(_Section):
+    """One source of a training mixture (the alignment-handbook's `dataset_mixture` entries)."""
+
+    source: str  # a file, a save_to_disk folder, or a hub dataset id
+    split: str | None = None  # None: data.train_split
+    weight: float = Field(1.0, gt=0, le=1)  # the fraction of this source's rows taken (seeded); 1.0: all
+
+
 class DataParams(_Section):
-    train: str = "data/demo/train.jsonl"  # .jsonl/.json/.csv/.parquet file, or a hub dataset id
-    train_split: str = "train"  # split name when `train` is a hub dataset
+    # A .jsonl/.json (also .gz)/.csv/.parquet file, a save_to_disk folder, a hub dataset id, or a mixture:
+    # a list of {source, split, weight} (docs/data.md).
+    train: str | list[MixtureSource] = "data/demo/train.jsonl"
+    train_split: str = "train"  # split name when `train` is a hub dataset or a DatasetDict folder
     test: str | None = "data/demo/test.jsonl"  # None: split `test_size` off the training rows
     test_split: str = "test"
     test_size: float = Field(0.1, gt=0)  # fraction (<1) or number of rows (>=1) for the seeded split
     columns: ColumnMap = ColumnMap()
     system_prompt: str | None = None  # added to rows that have no system message of their own
+    # Test rows whose prompt is also a training prompt: error (list them), or drop them from train (counted).
+    overlap: Literal["error", "drop"] = "error"
+
+    @field_validator("train")
+    @classmethod
+    def _mixture_not_empty(cls, value: str | list[MixtureSource]) -> str | list[MixtureSource]:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty mixture: list at least one {source, split, weight}, or give one source")
+        return value
 
 
 # The allowed values of the train knobs, declared once: the schema below and sftlab.train's
