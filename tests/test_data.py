@@ -342,6 +342,11 @@ BAD_ROWS = {
     "missing content": ({"id": "x", "messages": [{"role": "user"}, A]}, "messages[0].content", "missing field"),
     "unknown role": ({"id": "x", "messages": [{"role": "robot", "content": "t"}, A]}, "messages[0].role",
                      "unknown role 'robot'"),
+    "role not a string": ({"id": "x", "messages": [{"role": ["user"], "content": "q"}, A]}, "messages[0].role",
+                          "unknown role ['user']"),
+    "function_call not JSON": ({"id": "x", "conversations": [{"from": "human", "value": "q"},
+                                                             {"from": "function_call", "value": "weather(Paris)"}]},
+                               "conversations[1].value", "expected the call as JSON text"),
     "tool without a call": ({"id": "x", "messages": [U, A, {"role": "tool", "content": "t"}, A]},
                             "messages[2].role", "expected 'user', got 'tool'"),
     "call without a result": ({"id": "x", "messages": [U, {"role": "assistant", "tool_calls": [
