@@ -679,6 +679,14 @@ def test_summarize(tmp_path):
     assert data.summarize([]) == {"rows": 0, "mean_prompt_chars": 0.0, "mean_reference_chars": 0.0}
 
 
+def test_summarize_counts_turns_untrained_turns_and_tool_rows(tmp_path):
+    weighted = {"id": "w", "messages": [U, {**A, "weight": 0}, U, A]}
+    path = write_jsonl(tmp_path / "t.jsonl", [{"id": "t", "messages": TOOL_TURNS}, weighted, MESSAGE_ROWS[0]])
+    summary = data.summarize(load_examples(str(path), "train", COLUMNS))
+    assert (summary["assistant_turns"], summary["untrained_turns"], summary["rows_with_tools"]) == (5, 1, 1)
+    assert "by_source" not in summary  # one source
+
+
 def test_example_is_frozen():
     example = Example(id="a", messages=EXPECTED_MESSAGES[0], source="f.jsonl:1", meta={})
     with pytest.raises(AttributeError):
