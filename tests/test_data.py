@@ -633,8 +633,8 @@ def test_mixture_errors_name_every_bad_source(tmp_path):
 
 
 def test_mixture_sources_must_not_share_ids(tmp_path):
-    params = DataParams(train=[{"source": str(numbered(tmp_path, 3, "x"))}, {"source": str(numbered(tmp_path, 3, "y"))}],
-                        test=None)
+    sources = [{"source": str(numbered(tmp_path, 3, name))} for name in ("x", "y")]
+    params = DataParams(train=sources, test=None)
     message = error_of(load_splits, params, seed=0)
     assert "share 3 id(s)" in message and f"{tmp_path}/y.jsonl:1: id: duplicate id 'r00', also at" in message
 
@@ -681,9 +681,11 @@ def test_summarize(tmp_path):
 
 def test_summarize_counts_turns_untrained_turns_and_tool_rows(tmp_path):
     weighted = {"id": "w", "messages": [U, {**A, "weight": 0}, U, A]}
-    path = write_jsonl(tmp_path / "t.jsonl", [{"id": "t", "messages": TOOL_TURNS}, weighted, MESSAGE_ROWS[0]])
+    silent = {"id": "s", "messages": [U, {**A, "weight": 0}]}
+    path = write_jsonl(tmp_path / "t.jsonl", [{"id": "t", "messages": TOOL_TURNS}, weighted, silent, MESSAGE_ROWS[0]])
     summary = data.summarize(load_examples(str(path), "train", COLUMNS))
-    assert (summary["assistant_turns"], summary["untrained_turns"], summary["rows_with_tools"]) == (5, 1, 1)
+    assert (summary["assistant_turns"], summary["untrained_turns"], summary["rows_with_tools"]) == (6, 2, 1)
+    assert summary["rows_all_untrained"] == 1
     assert "by_source" not in summary  # one source
 
 

@@ -318,7 +318,8 @@ def normalize(location: str, row: dict, columns: ColumnMap, system_prompt: str |
         found = ", ".join(map(str, row)) or "(none)"
         bad(columns.messages, f"missing field: expected a '{columns.messages}' column, a ShareGPT "
                               f"'{columns.conversations}' column, '{columns.question}' and '{columns.answer}' "
-                              f"columns, 'prompt' and 'completion', or 'instruction' and 'output'; found columns: {found}")
+                              f"columns, 'prompt' and 'completion', or 'instruction' and 'output'; "
+                              f"found columns: {found}")
 
     if columns.id not in row:
         example_id = fallback_id or _made_up_id(location)
@@ -474,7 +475,7 @@ def _messages(value: Any, name: str, bad: Callable, shape: _Shape = MESSAGES_SHA
         elif message.message["role"] == "system" and i == 0 and not message.message["content"].strip():
             continue  # a blank system message means no system message
         else:
-            messages.append(_Message(message.message, f"{name}[{i}]", message.weight))
+            messages.append(message)
     if clean and check_order:
         clean = _check_order(messages, name, bad)
     return messages if clean else None
@@ -746,7 +747,8 @@ class Splits:
         return [vars(count) for count in self.sources]
 
 
-def load_splits(data: DataParams, seed: int, echo: Callable[[str], None] = print) -> tuple[list[Example], list[Example]]:
+def load_splits(data: DataParams, seed: int,
+                echo: Callable[[str], None] = print) -> tuple[list[Example], list[Example]]:
     """(train, test): `load_data`'s two sides; says how many training rows data.overlap: drop removed."""
     splits = load_data(data, seed)
     if splits.dropped:
@@ -908,8 +910,8 @@ def to_records(examples: Iterable[Example]) -> list[dict]:
 
 def summarize(examples: Iterable[Example]) -> dict:
     """Row count; rows by source (when there are several: a mixture) and by "lang" (when any row has one);
-    assistant turns, those marked untrained (weight 0) and rows with tool turns, when there are any; mean
-    characters of prompt and reference."""
+    assistant turns, those marked untrained (weight 0), rows with no trained turn at all, and rows with tool
+    turns, when there are any; mean characters of prompt and reference."""
     examples = list(examples)
     summary: dict[str, Any] = {"rows": len(examples)}
     by_source = Counter(map(_source_of, examples))
@@ -922,6 +924,9 @@ def summarize(examples: Iterable[Example]) -> dict:
         summary["assistant_turns"] = turns
     if any(e.untrained for e in examples):
         summary["untrained_turns"] = sum(len(e.untrained) for e in examples)
+        # Rows whose every assistant turn has weight 0: nothing in them is trained.
+        summary["rows_all_untrained"] = sum(
+            len(e.untrained) == sum(m["role"] == "assistant" for m in e.messages) for e in examples)
     if any(e.has_tools for e in examples):
         summary["rows_with_tools"] = sum(e.has_tools for e in examples)
     prompt_chars = [sum(len(m["content"]) for m in e.prompt) for e in examples]
