@@ -639,13 +639,22 @@ def test_mixture_sources_must_not_share_ids(tmp_path):
     assert "share 3 id(s)" in message and f"{tmp_path}/y.jsonl:1: id: duplicate id 'r00', also at" in message
 
 
-@pytest.mark.parametrize("train", [[], [{"source": "a.jsonl", "weight": 0}], [{"source": "a.jsonl", "weight": 1.5}],
-                                   [{"source": "a.jsonl", "fraction": 0.5}]])
-def test_mixture_params_are_checked(train):
+@pytest.mark.parametrize("train, phrase", [
+    ([], "an empty mixture"),
+    ([{"source": "a.jsonl", "weight": 0}], "[0].weight: Input should be greater than 0"),
+    ([{"source": "a.jsonl"}, {"source": "b.jsonl", "weight": 1.5}], "[1].weight: Input should be less than or equal to 1"),
+    ([{"source": "a.jsonl", "fraction": 0.5}], "[0].fraction: unknown key; a source has source, split, weight"),
+    ([{"id": "org/set", "weight": 0.5}], "[0].id: unknown key (the dataset is `source`)"),
+    ({"datasets": [{"id": "org/set"}]}, "[{source: <id>, split, weight}, ...]"),
+    (["a.jsonl"], "[0]: expected a mapping"),
+])
+def test_mixture_params_are_checked_one_line_per_problem(train, phrase):
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError) as info:
         DataParams(train=train)
+    assert phrase in str(info.value)
+    assert "string" not in str(info.value)  # not also "expected a string" from the one-source form
 
 
 # --------------------------------------------------------------------------------------------

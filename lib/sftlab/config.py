@@ -116,12 +116,40 @@ class DataParams(_Section):
     # Test rows whose prompt is also a training prompt: error (list them), or drop them from train (counted).
     overlap: Literal["error", "drop"] = "error"
 
-    @field_validator("train")
+    @field_validator("train", mode="before")
     @classmethod
-    def _mixture_not_empty(cls, value: str | list[MixtureSource]) -> str | list[MixtureSource]:
-        if isinstance(value, list) and not value:
-            raise ValueError("an empty mixture: list at least one {source, split, weight}, or give one source")
-        return value
+    def _mixture(cls, value: Any) -> Any:
+        """A mixture's sources, checked here so that each problem is one line naming the source's position
+        (left to the union, a list would also be reported as "expected a string")."""
+        shape = "a list of {source, split, weight}"
+        if isinstance(value, dict):
+            raise ValueError(f"a mapping; a mixture is {shape} (the alignment-handbook's dataset_mixture "
+                             "{datasets: [{id, split, weight}]} becomes [{source: <id>, split, weight}, ...])")
+        if not isinstance(value, list):
+            return value
+        if not value:
+            raise ValueError(f"an empty mixture: {shape}, or one source")
+        sources, problems = [], []
+        for i, item in enumerate(value):
+            if isinstance(item, MixtureSource):
+                sources.append(item)
+                continue
+            if not isinstance(item, dict):
+                problems.append(f"[{i}]: expected a mapping {{source, split, weight}}, got {item!r}")
+                continue
+            try:
+                sources.append(MixtureSource.model_validate(item))
+            except ValidationError as e:
+                for err in e.errors():
+                    key = ".".join(map(str, err["loc"]))
+                    if err["type"] == "extra_forbidden":
+                        hint = " (the dataset is `source`)" if key in ("id", "path", "name", "dataset") else ""
+                        problems.append(f"[{i}].{key}: unknown key{hint}; a source has source, split, weight")
+                    else:
+                        problems.append(f"[{i}].{key}: {err['msg']}, got {err.get('input')!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sources
 
 
 # The allowed values of the train knobs, declared once: the schema below and sftlab.train's
