@@ -84,23 +84,74 @@ class ModelParams(_Section):
 
 
 class ColumnMap(_Section):
-    """Which columns of the dataset hold what. A row is either `messages` or question/answer."""
+    """Which columns of the dataset hold what. A row is `messages`, ShareGPT `conversations`, or
+    question/answer (+ input); TRL's prompt/completion and Alpaca's instruction/input/output are recognised
+    by those names (docs/data.md)."""
 
     id: str = "id"
     messages: str = "messages"
+    conversations: str = "conversations"  # ShareGPT: [{from, value}, ...], used when a row has no messages
     question: str = "question"
     answer: str = "answer"
+    input: str = "input"  # when not empty: appended to the question after a blank line (Alpaca's input)
     system: str = "system"
 
 
+class MixtureSource(_Section):
+    """One source of a training mixture (the alignment-handbook's `dataset_mixture` entries)."""
+
+    source: str  # a file, a save_to_disk folder, or a hub dataset id
+    split: str | None = None  # None: data.train_split
+    weight: float = Field(1.0, gt=0, le=1)  # the fraction of this source's rows taken (seeded); 1.0: all
+
+
 class DataParams(_Section):
-    train: str = "data/demo/train.jsonl"  # .jsonl/.json/.csv/.parquet file, or a hub dataset id
-    train_split: str = "train"  # split name when `train` is a hub dataset
+    # A .jsonl/.json (also .gz)/.csv/.parquet file, a save_to_disk folder, a hub dataset id, or a mixture:
+    # a list of {source, split, weight} (docs/data.md).
+    train: str | list[MixtureSource] = "data/demo/train.jsonl"
+    train_split: str = "train"  # split name when `train` is a hub dataset or a DatasetDict folder
     test: str | None = "data/demo/test.jsonl"  # None: split `test_size` off the training rows
     test_split: str = "test"
     test_size: float = Field(0.1, gt=0)  # fraction (<1) or number of rows (>=1) for the seeded split
     columns: ColumnMap = ColumnMap()
     system_prompt: str | None = None  # added to rows that have no system message of their own
+    # Test rows whose prompt is also a training prompt: error (list them), or drop them from train (counted).
+    overlap: Literal["error", "drop"] = "error"
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _mixture(cls, value: Any) -> Any:
+        """A mixture's sources, checked here so that each problem is one line naming the source's position
+        (left to the union, a list would also be reported as "expected a string")."""
+        shape = "a list of {source, split, weight}"
+        if isinstance(value, dict):
+            raise ValueError(f"a mapping; a mixture is {shape} (the alignment-handbook's dataset_mixture "
+                             "{datasets: [{id, split, weight}]} becomes [{source: <id>, split, weight}, ...])")
+        if not isinstance(value, list):
+            return value
+        if not value:
+            raise ValueError(f"an empty mixture: {shape}, or one source")
+        sources, problems = [], []
+        for i, item in enumerate(value):
+            if isinstance(item, MixtureSource):
+                sources.append(item)
+                continue
+            if not isinstance(item, dict):
+                problems.append(f"[{i}]: expected a mapping {{source, split, weight}}, got {item!r}")
+                continue
+            try:
+                sources.append(MixtureSource.model_validate(item))
+            except ValidationError as e:
+                for err in e.errors():
+                    key = ".".join(map(str, err["loc"]))
+                    if err["type"] == "extra_forbidden":
+                        hint = " (the dataset is `source`)" if key in ("id", "path", "name", "dataset") else ""
+                        problems.append(f"[{i}].{key}: unknown key{hint}; a source has source, split, weight")
+                    else:
+                        problems.append(f"[{i}].{key}: {err['msg']}, got {err.get('input')!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sources
 
 
 # The allowed values of the train knobs, declared once: the schema below and sftlab.train's
