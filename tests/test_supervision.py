@@ -141,6 +141,13 @@ def test_a_template_that_rewrites_earlier_turns_needs_turns_last(tokenizer):
 # ----------------------------------------------------------------------------------------------
 
 
+def prepared(params, examples, model_path):
+    """The train stage's plan with its rows and config written, the lock held (no audit yet)."""
+    planned = train.plan(params, examples, str(model_path))
+    train.preflight(planned, label_audit=False)
+    return planned
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -158,7 +165,7 @@ def multi_turn_params(tmp_path, model_path, n=6, **train_settings):
 def test_the_label_audit_shows_every_answer_of_a_multi_turn_row_supervised(tmp_path, outputs, tiny_model_path):
     params = multi_turn_params(tmp_path, tiny_model_path)
     examples, tests = data.load_splits(params.data, params.seed)
-    planned = train.prepare(params, examples, str(tiny_model_path))
+    planned = prepared(params, examples, tiny_model_path)
     try:
         result = audit.run_label_audit(planned.config_path, rows=2, html_path=tmp_path / "audit.html")
     finally:
@@ -175,7 +182,7 @@ def test_the_label_audit_shows_every_answer_of_a_multi_turn_row_supervised(tmp_p
 def test_the_audit_reports_the_whole_set_not_only_the_audited_rows(tmp_path, outputs, tiny_model_path):
     params = load_params(tiny_params(tmp_path, tiny_model_path, max_length=60, overlong="drop"))
     examples, _ = data.load_splits(params.data, params.seed)
-    planned = train.prepare(params, examples, str(tiny_model_path))
+    planned = prepared(params, examples, tiny_model_path)
     try:
         result = audit.run_label_audit(planned.config_path, rows=4)
     finally:
@@ -219,7 +226,7 @@ def test_a_model_without_a_chat_template_trains_with_model_chat_template(tmp_pat
     (bare / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     params = load_params(tiny_params(tmp_path, bare))
     examples, _ = data.load_splits(params.data, params.seed)
-    planned = train.prepare(params, examples, str(bare))
+    planned = prepared(params, examples, bare)
     try:
         with pytest.raises(Exception, match="no chat template.*model.chat_template"):
             audit.run_label_audit(planned.config_path, rows=2)
@@ -233,7 +240,7 @@ def test_a_model_without_a_chat_template_trains_with_model_chat_template(tmp_pat
     raw["model"]["chat_template"] = str(template)
     file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     params = load_params(file)
-    planned = train.prepare(params, examples, str(bare))
+    planned = prepared(params, examples, bare)
     try:
         result = audit.run_label_audit(planned.config_path, rows=2)
     finally:
@@ -245,7 +252,8 @@ def test_a_model_without_a_chat_template_trains_with_model_chat_template(tmp_pat
 def test_a_real_run_trains_every_counted_row_and_evaluates_on_the_test_rows(tmp_path, outputs, tiny_model_path):
     params = multi_turn_params(tmp_path, tiny_model_path, n=6, max_steps=2, save_steps=2,
                                per_device_train_batch_size=2, eval_strategy="steps", eval_steps=2)
-    planned = train.plan(params, echo=lambda line: None)
+    planned = train.plan(params)
+    train.preflight(planned, echo=lambda line: None)
     assert planned.estimate()["rows"] == 6
     train.run(planned, echo=lambda line: None)
     summary = json.loads((planned.train_dir / "train_summary.json").read_text(encoding="utf-8"))

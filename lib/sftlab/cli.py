@@ -138,7 +138,8 @@ def prepare_train(params) -> None:
     from sftlab.config import write_resolved
 
     write_resolved(params)
-    planned = train.prepare_and_audit(params, echo=lambda line: print(line, file=sys.stderr))
+    planned = train.plan(params)
+    train.preflight(planned, echo=lambda line: print(line, file=sys.stderr))
     train.release(planned)  # the torchrun started by hand is not ours to lock for
     print(f"train config: {planned.config_path}", file=sys.stderr)
     print(" ".join(planned.command))

@@ -66,7 +66,14 @@ def model_cache_dir() -> Path:
 def resolve_model(name_or_path: str) -> str:
     """A path or hub id that `from_pretrained` can load; builtin models are converted on first use."""
     if name_or_path.startswith(BUILTIN_PREFIX):
-        return str(builtin_checkpoint(name_or_path.removeprefix(BUILTIN_PREFIX)))
+        builtin_checkpoint(name_or_path.removeprefix(BUILTIN_PREFIX))
+    return model_path(name_or_path)
+
+
+def model_path(name_or_path: str) -> str:
+    """What `resolve_model` returns, without converting anything (a plan names the model it will load)."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return str(model_cache_dir() / name_or_path.removeprefix(BUILTIN_PREFIX))
     local = paths.resolve(name_or_path)
     return str(local) if local.exists() else name_or_path
 
