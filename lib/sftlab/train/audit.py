@@ -146,7 +146,8 @@ def run_label_audit(config_path: Path, rows: int = 8, html_path: Path | None = N
         local_config = Path(scratch) / "audit_config.yaml"
         local_config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
         script_args, training_args = train.parse_args(
-            ["--config", str(local_config), "--output_dir", scratch, "--report_to", "none"])
+            ["--config", str(local_config), "--output_dir", scratch, "--report_to", "none",
+             "--eval_strategy", "no", "--do_eval", "False"])  # the audit looks at training rows only
         tokenizer, model = train.load_tokenizer_and_model(script_args, training_args, weights=False)
         # Every row, tokenized and cut as the trainer will get it: the report counts what is trained.
         dataset, report = train.load_rows(script_args, training_args, tokenizer)
