@@ -96,7 +96,6 @@ GOLDEN_SBATCH = """\
 #SBATCH --requeue
 #SBATCH --signal=B:USR2@120
 #SBATCH --time=1440
-#SBATCH --wckey=submitit
 
 # command
 export SUBMITIT_EXECUTOR=slurm

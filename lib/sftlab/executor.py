@@ -126,7 +126,8 @@ def submitit_parameters(params: Params, stage: str, after: list[str]) -> dict:
     resources = job_resources(executor, stage)
     parameters = {"job_name": f"sftlab-{params.experiment}-{stage}", "stderr_to_stdout": True,
                   "use_srun": False,  # the stage runs once, on the first node; the train stage starts srun itself
-                  "signal_delay_s": executor.signal_before_s, "time": slurm_time_minutes(resources["time"])}
+                  "signal_delay_s": executor.signal_before_s, "time": slurm_time_minutes(resources["time"]),
+                  "wckey": None}  # submitit's default wckey "submitit" would be charged where wckeys are tracked
     for key in ("partition", "account", "qos", "nodes", "gpus_per_node", "cpus_per_task", "mem"):
         if key in resources:
             parameters[key] = resources[key]
@@ -237,12 +238,18 @@ def _submit_stage(params: Params, stage: str, params_file: Path | None, after: l
     notebooks = str(loaded.notebooks)
     experiments = [p.experiment for p in loaded.experiments] + ([loaded.study_params.experiment]
                                                                  if loaded.study_params else [])
-    job = executor.submit(StageJob(), params, stage, str(run_dir), str(params_file) if params_file else None,
-                          kernel, notebooks, {"after": after, "submitted": _iso(now)}, experiments)
-    entry = {"status": QUEUED, "submitted": _iso(now), "params_file": str(params_file) if params_file else None,
-             "run": run_dir.relative_to(layout.root).as_posix(), "job_id": job.job_id, "after": after or None,
-             "log": _log_path(run_dir, job.job_id).relative_to(layout.root).as_posix()}
-    runner.record_entry(layout, stage, entry, kernel)
+    # Recorded before sbatch: the job may start, and record itself running, before sbatch has returned.
+    runner.record_entry(layout, stage, {"status": QUEUED, "submitted": _iso(now), "after": after or None,
+                                        "params_file": str(params_file) if params_file else None,
+                                        "run": run_dir.relative_to(layout.root).as_posix()}, kernel)
+    try:
+        job = executor.submit(StageJob(), params, stage, str(run_dir), str(params_file) if params_file else None,
+                              kernel, notebooks, {"after": after or None, "submitted": _iso(now)}, experiments)
+    except BaseException as e:
+        _update(layout, stage, run_dir, {"status": runner.FAILED, "error": f"sbatch refused the job: {e}"})
+        raise
+    _update(layout, stage, run_dir, {"job_id": job.job_id,
+                                     "log": _log_path(run_dir, job.job_id).relative_to(layout.root).as_posix()})
     return Submitted(params.experiment, stage, job.job_id, after, run_dir)
 
 
@@ -281,7 +288,7 @@ class StageJob(submitit.helpers.Checkpointable):
                 _update(params.layout, stage, run, {"status": INTERRUPTED, "error": "stopped by the scheduler "
                         "(cancel, requeue or preemption); `sftlab status` tells which"})
             else:
-                mark_dependants_not_run([paths.ExperimentLayout.of(e) for e in experiments], job_id,
+                mark_dependants_not_run([paths.ExperimentLayout.of(name) for name in experiments], job_id,
                                         f"{params.experiment} {stage}")
             reports.build_index()
             raise
