@@ -65,7 +65,7 @@ import submitit
 from submitit.core.utils import FailedJobError
 
 from sftlab import paths, reports, runner
-from sftlab.config import ExecutorParams, JobResources, Params, ParamsError, load_params, slurm_time_minutes
+from sftlab.config import ExecutorParams, JobResources, Params, ParamsError, slurm_time_minutes, validate
 
 QUEUED, INTERRUPTED, NOT_RUN, CANCELLED = "queued", "interrupted", "not run", "cancelled"
 FINAL = (runner.DONE, runner.DONE_WITH_ERRORS, runner.FAILED, NOT_RUN, CANCELLED)
@@ -141,10 +141,13 @@ def submitit_parameters(params: Params, stage: str, after: list[str]) -> dict:
     return parameters
 
 
+# The job's command: the batch shell becomes submitit's process (exec), which thus gets the B:USR2 signal itself.
+PYTHON = f"exec {shlex.quote(sys.executable)}"
+
+
 def slurm_executor(folder: Path, params: Params, stage: str, after: list[str]):
     try:
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=params.executor.max_requeues,
-                                          python=f"exec {shlex.quote(sys.executable)}")
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=params.executor.max_requeues, python=PYTHON)
     except RuntimeError as e:
         raise ExecutorError(f"executor.backend: slurm, but {e} (sbatch and srun must be on PATH, with SLURM_CONF "
                             f"or /etc/slurm/slurm.conf naming the cluster)") from None
@@ -153,9 +156,12 @@ def slurm_executor(folder: Path, params: Params, stage: str, after: list[str]):
 
 
 def sbatch_text(params: Params, stage: str, folder: Path, after: list[str] = ()) -> str:
-    """The script `stage`'s job is submitted with (what sbatch reads), for the run record `folder`."""
-    executor = slurm_executor(folder, params, stage, list(after))
-    return executor._make_submission_file_text(executor._submitit_command_str, "sftlab")
+    """The script `stage`'s job is submitted with (what sbatch reads), for the run record `folder`: submitit's
+    text, made here without a Slurm client (a test compares it with what a real submission wrote)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = f"{PYTHON} -u -m submitit.core._submit {shlex.quote(str(folder))}"  # SlurmExecutor._submitit_command_str
+    return _make_sbatch_string(command=command, folder=folder, **submitit_parameters(params, stage, list(after)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,7 +429,8 @@ def _update(layout: paths.ExperimentLayout, stage: str, run_dir: Path, changes: 
 
 
 def mark_dependants_not_run(layouts: list[paths.ExperimentLayout], failed_job: str, what: str) -> None:
-    """Every queued stage that waits, directly or not, for `failed_job` is `not run`."""
+    """Every queued stage that waits, directly or not, for `failed_job` is `not run`, and its job cancelled (Slurm
+    would too, kill-on-invalid-dep, at its next scheduling pass)."""
     entries = _latest_entries(layouts)
     dead = {failed_job}
     for layout, stage, entry in sorted(entries, key=lambda x: int(x[2].get("job_id") or 0)):
@@ -431,6 +438,8 @@ def mark_dependants_not_run(layouts: list[paths.ExperimentLayout], failed_job: s
             dead.add(entry["job_id"])
             _update(layout, stage, layout.root / entry["run"],
                     {"status": NOT_RUN, "error": f"waits for {what} (job {failed_job}), which failed"}, expect=QUEUED)
+    if len(dead) > 1:
+        subprocess.run(["scancel", *sorted(dead - {failed_job})], capture_output=True)
 
 
 def _row(layout: paths.ExperimentLayout, stage: str, entry: dict) -> Row:
@@ -506,8 +515,5 @@ def executor_overrides(value: str | None) -> list[str]:
     if set(data) == {"executor"} and isinstance(data["executor"], dict):
         data = data["executor"]
     data.setdefault("backend", "slurm")
-    try:
-        ExecutorParams.model_validate(data)
-    except Exception as e:  # pydantic's message names the key
-        raise ParamsError(f"{path}: invalid executor settings: {e}") from None
+    validate({"experiment": "profile", "executor": data}, {("executor",): str(path)}, default_source=str(path))
     return [f"executor.{key}={json.dumps(item)}" for key, item in data.items()]
