@@ -398,7 +398,9 @@ def refresh(layouts: list[paths.ExperimentLayout]) -> list[Row]:
 def _derive(entry: dict, scheduler: tuple[str, str] | None, by_job: dict) -> dict:
     """What the entry should say, given the scheduler's (state, reason) of its job; {} when it already does."""
     status, job_id = entry.get("status"), entry["job_id"]
-    failed_before = [by_job[a] for a in entry.get("after") or [] if a in by_job and by_job[a][2].get("status") in UNSUCCESSFUL]
+    # A stage waiting for one that failed never runs; one waiting for a cancelled stage is cancelled by Slurm.
+    failed_before = [by_job[a] for a in entry.get("after") or []
+                     if a in by_job and by_job[a][2].get("status") in (runner.FAILED, NOT_RUN)]
     if status == QUEUED and failed_before:
         layout, stage, e = failed_before[0]
         return {"status": NOT_RUN, "error": f"waits for {layout.experiment} {stage} (job {e['job_id']}), which "
