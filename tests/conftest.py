@@ -55,10 +55,14 @@ def tiny_model_path(builtin_model_path, tmp_path_factory) -> Path:
 
     Trains in well under a second per step, so real torchrun runs fit in the test suite.
     """
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), builtin_model_path)
+
+
+def build_tiny_model(path: Path, builtin_model_path: Path) -> Path:
+    """The tiny model of `tiny_model_path`, written into `path` (also used by bench/cluster.py)."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny-model")
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_path)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,

@@ -1,6 +1,10 @@
 """The `sftlab` command.
 
     sftlab run PARAMS [--stages train,infer] [--set train.max_steps=5 ...]   run an experiment or a study folder
+        [--executor local|slurm|PROFILE.yaml] [--wait]   here (local), or submitted as Slurm jobs (slurm): the
+                                                job ids are printed and the command returns, or follows them
+    sftlab status PARAMS [--wait] [--json]      each stage's state (and job), refreshed from the scheduler
+    sftlab cancel PARAMS                        cancel every queued or running job of the experiment or study
     sftlab notebook PARAMS --stage STAGE [--set ...] [--force]   write a parameterized copy of a stage notebook
                                                 under the experiment and print the `jupyter lab` command
     sftlab resolve PARAMS [--set ...]                                        print the params as they would run
@@ -35,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a param, e.g. --set train.max_steps=5 (repeatable; value read as YAML)")
     run.add_argument("--kernel", help="Jupyter kernel name (default: $SFTLAB_KERNEL or this checkout's own kernel, "
                      "`python -m sftlab.kernel name`)")
+    run.add_argument("--executor", help="where the stages run: local, slurm, or a YAML file of executor keys (a "
+                     "cluster profile); the same as --set executor.backend=... (default: the params' executor)")
+    run.add_argument("--wait", action="store_true", help="slurm: follow the jobs to their end instead of returning")
+
+    for name, text in (("status", "each stage's state and job, refreshed from the scheduler"),
+                       ("cancel", "cancel every queued or running job of the experiment or study folder")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("params", help="the params file or study folder that was run")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if name == "status":
+            command.add_argument("--wait", action="store_true", help="follow until every job has ended")
+            command.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     notebook = sub.add_parser("notebook", help="write a parameterized copy of a stage notebook under the experiment "
                               "(outputs/<exp>/notebooks/) to open by hand; the templates stay untouched")
@@ -73,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from sftlab import reports, runner
+    from sftlab import executor, reports, runner
     from sftlab.train import TrainLocked, UnsupervisedEOSError
     from sftlab.config import ParamsError, load_params
     from sftlab.data import DataError
@@ -83,8 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-            runner.run(args.params, stages=stages, overrides=args.overrides, kernel=args.kernel)
+            overrides = executor.executor_overrides(args.executor) + args.overrides
+            ran = executor.run(args.params, stages=stages, overrides=overrides, kernel=args.kernel, wait=args.wait)
+            if ran[0].executor.backend == "slurm" and not args.wait:
+                print(f"submitted; follow: sftlab status {shlex.quote(args.params)} [--wait]; "
+                      f"cancel: sftlab cancel {shlex.quote(args.params)}", file=sys.stderr)
             print(f"index: {reports.build_index()}")
+        elif args.command in ("status", "cancel"):
+            layouts = executor.layouts_of(args.params, args.overrides)
+            if args.command == "cancel":
+                rows = executor.cancel(layouts)
+            elif args.wait:
+                rows = executor.follow(layouts, echo=lambda line: print(line, file=sys.stderr))
+            else:
+                rows = executor.refresh(layouts)
+            print(executor.status_json(rows) if getattr(args, "json", False) else executor.format_rows(rows))
+            if any(r.status in executor.UNSUCCESSFUL for r in rows) and args.command == "status":
+                return 1
         elif args.command == "notebook":
             copy = runner.notebook_copy(load_params(args.params, args.overrides), args.stage, force=args.force)
             print(f"notebook: {copy}", file=sys.stderr)
@@ -108,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "index":
             print(reports.build_index())
     except (ParamsError, DataError, ModelError, UnsupervisedEOSError, TrainLocked, runner.StageFailed, KernelError,
-            FileNotFoundError, FileExistsError, ValueError) as e:
+            FileNotFoundError, FileExistsError, ValueError, executor.ExecutorError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
     return 0

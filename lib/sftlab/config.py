@@ -2,7 +2,7 @@
 
 A params file is also a papermill parameter file (`papermill nb.ipynb out.ipynb -f params/demo.yaml`),
 so its top-level keys are the notebooks' parameters: `experiment`, `seed`, `base`, `model`, `data`,
-`train`, `infer`, `judge`, `score`.
+`train`, `infer`, `judge`, `score`, `executor`.
 
 Loading (`load_params`):
     1. read the file with a safe YAML loader;
@@ -35,7 +35,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from sftlab import paths
 
-TOP_LEVEL_KEYS = ("experiment", "seed", "base", "model", "data", "train", "infer", "judge", "score")
+TOP_LEVEL_KEYS = ("experiment", "seed", "base", "model", "data", "train", "infer", "judge", "score", "executor")
 
 
 class ParamsError(ValueError):
@@ -413,6 +413,75 @@ class ScoreParams(_Section):
         return value
 
 
+# A Slurm time limit: minutes, or "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS" (sbatch --time).
+SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def slurm_time_minutes(value: str | int) -> int:
+    """A Slurm time limit in whole minutes (rounded up), as sbatch reads it: "90" = 90 min, "30:00" = 30 min,
+    "4:00:00" = 240 min, "1-12" = 36 h. Raises ValueError for anything else."""
+    if isinstance(value, int):
+        minutes = value
+    else:
+        match = SLURM_TIME.fullmatch(str(value).strip())
+        if not match:
+            raise ValueError(f"{value!r} is not a Slurm time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+                             f"D-HH:MM:SS (e.g. 90, \"4:00:00\", \"1-12:00:00\")")
+        days, first, second, third = match.groups()
+        if days is not None:  # D-HH[:MM[:SS]]
+            seconds = int(days) * 86400 + int(first) * 3600 + int(second or 0) * 60 + int(third or 0)
+        elif third is not None:  # HH:MM:SS
+            seconds = int(first) * 3600 + int(second) * 60 + int(third)
+        elif second is not None:  # MM:SS
+            seconds = int(first) * 60 + int(second)
+        else:  # MM
+            seconds = int(first) * 60
+        minutes = -(-seconds // 60)
+    if minutes < 1:
+        raise ValueError(f"{value!r}: a job needs at least one minute")
+    return minutes
+
+
+def _slurm_time(value: str | int | None) -> str | int | None:
+    if value is not None:
+        slurm_time_minutes(value)
+    return value
+
+
+class JobResources(_Section):
+    """What a stage's cluster job asks of the scheduler (sbatch's options of the same names). None: not
+    asked here (the executor's value, else the cluster's default). sftlab.executor resolves them per stage."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: Annotated[str | int | None, AfterValidator(_slurm_time)] = None  # minutes, or "HH:MM:SS", "D-HH:MM:SS"
+    nodes: int | None = Field(None, ge=1)  # only the train job spans nodes (srun + torchrun)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | None = None  # per node, as sbatch --mem reads it: "64G", "0" (all of the node's)
+    # More #SBATCH directives, as sbatch spells them: {constraint: h100, exclusive: true, mail-type: END}.
+    extra: dict[str, str | int | bool] = {}
+
+
+class ExecutorParams(JobResources):
+    """Where the stages run (sftlab.executor). local: here, one after another (the default). slurm: each
+    stage of each experiment is a job, in dependency order. The keys above are every job's; each stage's
+    own section overrides them key by key (`extra` merges). Without its own section, a judge or score job
+    asks for one node and no GPU, and an infer job for one node."""
+
+    backend: Literal["local", "slurm"] = "local"
+    time: Annotated[str | int | None, AfterValidator(_slurm_time)] = "4:00:00"  # every job's, unless its stage's says
+    train: JobResources = JobResources()
+    infer: JobResources = JobResources()
+    judge: JobResources = JobResources()
+    score: JobResources = JobResources()
+    # The job gets SIGUSR2 this long before its time limit, checkpoints its state and is requeued; the train
+    # stage then resumes from its newest complete checkpoint.
+    signal_before_s: int = Field(120, ge=10)
+    max_requeues: int = Field(10, ge=0)  # requeues on reaching the time limit (preemptions are not counted)
+
+
 class Params(_Section):
     experiment: ExperimentName
     seed: int = 42
@@ -422,6 +491,7 @@ class Params(_Section):
     infer: InferParams = InferParams()
     judge: JudgeParams = JudgeParams()
     score: ScoreParams = ScoreParams()
+    executor: ExecutorParams = ExecutorParams()
 
     @property
     def layout(self) -> paths.ExperimentLayout:

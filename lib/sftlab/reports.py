@@ -8,7 +8,8 @@ data URIs by nbconvert; text outputs are escaped by it, so model output is never
 report, or removes the previous run's when this run rendered none (a report must not outlive its run).
 
 `build_index()` lists every experiment under the outputs folder (those with a status.json) with each
-stage's latest status (done / failed / running / not run, or any status a run records), its run time,
+stage's latest status (done / failed / running / not run, or any status a run records; a cluster job's
+id and a link to its output under it), its run time,
 a link to the latest report and the run history (every run's own report, newest first); it is rebuilt
 before and after every stage. Headline numbers come from `<exp>/scores/headline.json` when the score
 stage has written one.
@@ -98,6 +99,19 @@ def _history(outputs: Path, layout: paths.ExperimentLayout, stage: str, runs: li
     return f'<details><summary>history ({len(runs)})</summary><ol>{"".join(items)}</ol></details>'
 
 
+def _job(outputs: Path, layout: paths.ExperimentLayout, info: dict) -> str:
+    """A cluster job's id and a link to its output (sftlab.executor), under the stage's status."""
+    if not info.get("job_id"):
+        return ""
+    text = f"job {html.escape(str(info['job_id']))}"
+    if info.get("requeued"):
+        text += f" · requeued {int(info['requeued'])}x"
+    log = layout.root / info["log"] if info.get("log") else None
+    if log is not None and log.exists():
+        text += f' · <a href="{_href(outputs, log)}">log</a>'
+    return f'<div class="job">{text}</div>'
+
+
 def _compared(layout: paths.ExperimentLayout) -> list[str]:
     """The experiments this one's score stage compares (`score.experiments` of its resolved params): a study."""
     import yaml
@@ -146,6 +160,7 @@ def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
             report = layout.report(stage)
             if report.exists():
                 text = f'<a href="{_href(outputs, report)}">{text}</a>'
+            text += _job(outputs, layout, info)
             if info.get("history"):
                 text += _history(outputs, layout, stage, info["history"])
             title = f' title="{html.escape(info["error"])}"' if info.get("error") else ""
@@ -196,6 +211,8 @@ table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding
 td {{ white-space: nowrap; vertical-align: top; }} details {{ font-size: .85em; }} ol {{ margin: .2em 0; }}
 .done {{ background: #e6f4e6; }} .failed {{ background: #fbe3e3; }} .running {{ background: #fff5d6; }}
 .not-run {{ color: #999; }} .done-with-errors {{ background: #fde9cf; }}
+.queued, .interrupted {{ background: #eef2fb; }} .cancelled {{ color: #999; background: #f3f3f3; }}
+.job {{ font-size: .85em; color: #555; }}
 .problem {{ color: #a40000; font-weight: bold; white-space: normal; max-width: 50em; }}
 .compare {{ margin-top: .3em; font-size: .9em; }}
 </style></head><body>

@@ -43,6 +43,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -91,6 +92,36 @@ def params_files(target: str | os.PathLike) -> list[Path]:
     return [target]
 
 
+@dataclass
+class LoadedRun:
+    """A run's validated inputs: the stages, each params file and its params, and a study's joint score."""
+
+    stages: list[str]
+    files: list[Path]
+    experiments: list[Params]
+    notebooks: Path
+    study: Path | None = None
+    study_params: Params | None = None
+
+
+def load_run(
+    target: str | os.PathLike,
+    stages: list[str] | None = None,
+    overrides: list[str] | None = None,
+    notebooks: Path | None = None,
+) -> LoadedRun:
+    """Validate every params file of `target` (and the study's score settings) before anything runs: a typo
+    in the last file of a study should not be found an hour in."""
+    notebooks = notebooks or paths.notebooks_dir()
+    stages = list(stages or available_stages(notebooks))
+    _check_stages(stages, notebooks)
+    files = params_files(target)
+    experiments = [load_params(f, overrides) for f in files]
+    study = paths.resolve(target) if paths.resolve(target).is_dir() else None
+    study_params = study_score_params(study, experiments, overrides) if study and "score" in stages else None
+    return LoadedRun(stages, files, experiments, notebooks, study, study_params)
+
+
 def run(
     target: str | os.PathLike,
     stages: list[str] | None = None,
@@ -98,23 +129,19 @@ def run(
     kernel: str | None = None,
     notebooks: Path | None = None,
 ) -> list[Params]:
-    """Run the given stages (default: all that exist) of one params file or a study folder."""
-    notebooks = notebooks or paths.notebooks_dir()
-    stages = list(stages or available_stages(notebooks))
-    _check_stages(stages, notebooks)
-    # Validate every file before running anything: a typo in the last file of a study should not
-    # be found an hour in.
-    files = params_files(target)
-    experiments = [load_params(f, overrides) for f in files]
-    study = paths.resolve(target) if paths.resolve(target).is_dir() else None
-    study_params = study_score_params(study, experiments, overrides) if study and "score" in stages else None
-    for params, file in zip(experiments, files):
-        for stage in stages:
-            if not (study and stage == "score"):  # a study is scored once, over all its experiments
-                run_stage(params, stage, kernel=kernel, notebooks=notebooks, params_file=file)
-    if study_params is not None:
-        run_stage(study_params, "score", kernel=kernel, notebooks=notebooks, params_file=study)
-        experiments.append(study_params)
+    """Run the given stages (default: all that exist) of one params file or a study folder, here."""
+    return run_loaded(load_run(target, stages, overrides, notebooks), kernel=kernel)
+
+
+def run_loaded(loaded: LoadedRun, kernel: str | None = None) -> list[Params]:
+    experiments = list(loaded.experiments)
+    for params, file in zip(experiments, loaded.files):
+        for stage in loaded.stages:
+            if not (loaded.study and stage == "score"):  # a study is scored once, over all its experiments
+                run_stage(params, stage, kernel=kernel, notebooks=loaded.notebooks, params_file=file)
+    if loaded.study_params is not None:
+        run_stage(loaded.study_params, "score", kernel=kernel, notebooks=loaded.notebooks, params_file=loaded.study)
+        experiments.append(loaded.study_params)
     return experiments
 
 
@@ -143,8 +170,12 @@ def run_stage(
     kernel: str | None = None,
     notebooks: Path | None = None,
     params_file: Path | None = None,
+    run_dir: Path | None = None,
+    job: dict | None = None,
 ) -> Path:
-    """Execute one stage notebook for `params` into a new run record; return the executed notebook's path."""
+    """Execute one stage notebook for `params` into a new run record (or into `run_dir`, the record a cluster
+    job was submitted with; `job` adds its keys to the status entry: sftlab.executor); return the executed
+    notebook's path."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -153,12 +184,13 @@ def run_stage(
     source = (notebooks or paths.notebooks_dir()) / f"{stage}.ipynb"
     resolved = write_resolved(params)
     started = time.time()
-    run_dir = _new_run_dir(layout, stage, started)
+    run_dir = run_dir or new_run_dir(layout, stage, started)
     write_resolved(params, run_dir)
     executed = run_dir / f"{stage}.ipynb"
     entry = {"status": RUNNING, "started": _iso(started), "finished": None, "seconds": None, "error": None,
-             "params_file": str(params_file) if params_file else None, "run": run_dir.relative_to(layout.root).as_posix()}
-    _record(layout, stage, entry, kernel)
+             "params_file": str(params_file) if params_file else None, "run": run_dir.relative_to(layout.root).as_posix(),
+             **(job or {})}
+    record_entry(layout, stage, entry, kernel)
     reports.build_index()
     log.info("[%s] stage %s: %s -> %s (kernel %s)", params.experiment, stage, source, executed, kernel)
     if stage == "judge":  # say which judge before anything is sent, and why (an API judge costs money)
@@ -190,7 +222,7 @@ def run_stage(
     status = FAILED if error else DONE_WITH_ERRORS if problems else DONE
     entry.update(status=status, finished=_iso(finished), seconds=round(finished - started, 1), error=error,
                  problems=problems or None)
-    _record(layout, stage, entry, kernel)
+    record_entry(layout, stage, entry, kernel)
     reports.build_index()
     if error:
         report = run_dir / f"{stage}.html"
@@ -226,7 +258,7 @@ def notebook_copy(params: Params, stage: str, notebooks: Path | None = None, for
     return target
 
 
-def _new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> Path:
+def new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> Path:
     """runs/<UTC time>-<stage>, or -2, -3... after it when that second already has one (mkdir is atomic,
     so two runners never share a folder)."""
     stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -304,13 +336,39 @@ def read_status(exp_dir: Path) -> dict:
         return {"stages": {}}
 
 
-def _record(layout: paths.ExperimentLayout, stage: str, entry: dict, kernel: str) -> None:
+def record_entry(layout: paths.ExperimentLayout, stage: str, entry: dict, kernel: str | None) -> None:
     """Write the run's entry into its record (run.json) and into status.json: as the stage's latest, and
-    in its history (replacing the entry of the same run, e.g. `running` by `done`)."""
+    in its history (replacing the entry of the same run, e.g. `running` by `done`). status.json is read,
+    changed and written under its lock (record.status_lock): a cluster's jobs and `sftlab status` write it too."""
     entry = {k: v for k, v in entry.items() if v is not None}
-    run_json = layout.root / entry["run"] / "run.json"
-    atomic_write_text(run_json, json.dumps({"experiment": layout.experiment, "stage": stage, "kernel": kernel,
-                                            **entry}, indent=2, ensure_ascii=False) + "\n")
+    _write_run_json(layout, stage, entry, kernel)
+    with record.status_lock(layout.root):
+        _write_status(layout, stage, entry)
+
+
+def _write_run_json(layout: paths.ExperimentLayout, stage: str, entry: dict, kernel: str | None) -> None:
+    atomic_write_text(layout.root / entry["run"] / "run.json", json.dumps(
+        {"experiment": layout.experiment, "stage": stage, "kernel": kernel, **entry}, indent=2, ensure_ascii=False) + "\n")
+
+
+def update_entry(layout: paths.ExperimentLayout, stage: str, run: str, changes: dict, expect: str | None = None) -> bool:
+    """Change the stage's latest entry, if it is the run `run` (runs/<name>) and, with `expect`, its status is
+    still `expect` (a job may have recorded its own news since it was read); return whether it was changed."""
+    with record.status_lock(layout.root):
+        entry = read_status(layout.root).get("stages", {}).get(stage)
+        if not entry or entry.get("run") != run or (expect is not None and entry.get("status") != expect):
+            return False
+        entry = {k: v for k, v in {**entry, **changes}.items() if k != "history" and v is not None}
+        try:
+            kernel = json.loads((layout.root / run / "run.json").read_text(encoding="utf-8")).get("kernel")
+        except (OSError, json.JSONDecodeError):
+            kernel = None
+        _write_run_json(layout, stage, entry, kernel)
+        _write_status(layout, stage, entry)
+    return True
+
+
+def _write_status(layout: paths.ExperimentLayout, stage: str, entry: dict) -> None:
     status = read_status(layout.root)
     status["experiment"] = layout.experiment
     if "params_file" in entry:

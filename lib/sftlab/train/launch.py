@@ -71,7 +71,7 @@ def train_config(params: Params, model_path: str, train_file: Path, output_dir: 
         config["chat_template"] = str(output_dir / "chat_template.jinja")
     # ...and what the params say (declared SFTConfig fields that are set, then any other SFTConfig key).
     config.update({k: v for k, v in train.model_dump(exclude=OWN_TRAIN_KEYS).items() if v is not None})
-    world_size = nproc_per_node(train) * train.nnodes
+    world_size = nproc_per_node(train) * max(train.nnodes, len(slurm_nodes()))  # srun: every node of the job
     if world_size > 1 and "fsdp" not in config:
         # The origin's ACCELERATE_USE_FSDP=1 FSDP_CPU_RAM_EFFICIENT_LOADING=1, through the trainer's arguments.
         # Full state dicts: every checkpoint loads with from_pretrained, with no conversion step.
@@ -115,7 +115,27 @@ def portable(config: dict) -> dict:
     return {key: rewrite(value) for key, value in config.items()}
 
 
-def torchrun_command(train: TrainParams, config_path: Path) -> list[str]:
+RDZV_PORT_BASE = 29500  # the c10d rendezvous of a Slurm job listens on this + job id % 10000 (two jobs on a node differ)
+
+
+def slurm_nodes(environ: dict | None = None) -> list[str]:
+    """The hosts of the Slurm allocation this process runs in (SLURM_JOB_NODELIST, as submitit parses it), or []
+    outside one."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("SLURM_JOB_ID") or not environ.get("SLURM_JOB_NODELIST"):
+        return []
+    from submitit.slurm.slurm import _parse_node_list
+
+    return _parse_node_list(environ["SLURM_JOB_NODELIST"])
+
+
+def torchrun_command(train: TrainParams, config_path: Path, environ: dict | None = None) -> list[str]:
+    """The launch of the training: torchrun on this node; inside a Slurm job of several nodes, `srun` starting
+    one torchrun agent per node, which meet in a c10d rendezvous on the job's first node."""
+    environ = os.environ if environ is None else environ
+    nodes = slurm_nodes(environ)
+    if len(nodes) > 1:
+        return srun_torchrun_command(train, config_path, nodes, environ)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node(train))]
     if train.nnodes == 1 and not train.rdzv_endpoint:
         command += ["--standalone"]  # a free local port, no clash between experiments run side by side
@@ -137,6 +157,24 @@ def write_inputs(params: Params, train_examples, test_examples, train_dir: Path)
         from sftlab.models import chat_template_text
 
         atomic_write_text(train_dir / "chat_template.jinja", chat_template_text(params.model.chat_template))
+
+
+def srun_torchrun_command(train: TrainParams, config_path: Path, nodes: list[str], environ: dict) -> list[str]:
+    """srun: one task per node of the allocation, each a torchrun agent with as many workers as the node has
+    GPUs (SLURM_GPUS_ON_NODE, else train.nproc_per_node); the agents meet at a c10d rendezvous on the first node
+    (torchrun then numbers the nodes itself). --kill-on-bad-exit: one node failing stops every node."""
+    if train.nnodes not in (1, len(nodes)) or train.rdzv_endpoint:
+        raise ValueError(f"train.nnodes {train.nnodes} / train.rdzv_endpoint {train.rdzv_endpoint} are set, but this Slurm "
+                         f"job has {len(nodes)} nodes and sftlab sets the rendezvous itself: leave them unset "
+                         f"(the executor's train.nodes decides)")
+    gpus = environ.get("SLURM_GPUS_ON_NODE")
+    per_node = int(gpus) if gpus and gpus.isdigit() and int(gpus) > 0 else nproc_per_node(train)
+    port = RDZV_PORT_BASE + int(environ["SLURM_JOB_ID"]) % 10000
+    return ["srun", "--nodes", str(len(nodes)), "--ntasks", str(len(nodes)), "--ntasks-per-node", "1",
+            "--kill-on-bad-exit=1", "--unbuffered",
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(nodes)),
+            "--nproc_per_node", str(per_node), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{nodes[0]}:{port}",
+            "--rdzv_id", f"sftlab-{environ['SLURM_JOB_ID']}", "-m", "sftlab.train", "--config", str(config_path)]
 
 
 def write_train_rows(examples, path: Path) -> None:
