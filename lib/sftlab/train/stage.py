@@ -19,9 +19,9 @@ the experiment and the outputs folder relative to them), so a copied or moved ex
 
 Raises `data.DataError` for bad training rows, `models.ModelError` for a model that cannot be found,
 `audit.UnsupervisedEOSError` when the model would not be taught to stop, `ValueError` for a changed
-config over existing checkpoints or a launch that cannot work, `lock.TrainLocked` (naming the holder)
-while another trainer holds the experiment, and `TrainingFailed` (with the last 50 lines of the log)
-when torchrun exits non-zero.
+config over existing checkpoints, a newest checkpoint that holds weights only (`checkpoints.check_resumable`)
+or a launch that cannot work, `lock.TrainLocked` (naming the holder) while another trainer holds the
+experiment, and `TrainingFailed` (with the last 50 lines of the log) when torchrun exits non-zero.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def _prepare(params: Params, examples: list[data.Example], model_path: str, lock
     newest = checkpoints.newest_complete(train_dir)
     skip = bool(params.train.resume == "auto" and max_steps and max_steps > 0 and newest is not None
                 and checkpoints.step_of(newest) >= max_steps)
+    if params.train.resume == "auto" and newest is not None and not skip:
+        checkpoints.check_resumable(newest)  # a weights-only checkpoint: said here, not in the trainer's log
     return Plan(params=params, train_dir=train_dir, config_path=config_path, log_path=train_dir / "train.log",
                 command=launch.torchrun_command(params.train, config_path), max_steps=max_steps, skip=skip,
                 lock_path=lock_path, rows=len(examples), base_model=model_path)
