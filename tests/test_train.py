@@ -318,9 +318,11 @@ def test_resume_after_sigkill_finishes_with_a_continuous_history(tmp_path, outpu
 
 @pytest.mark.slow
 def test_a_resumed_run_counts_tokens_as_an_uninterrupted_one(tmp_path, outputs, tiny_model_path):
-    """Train 6 steps; then cut the folder back to what a kill after checkpoint-3 leaves and resume to 6."""
-    params, plan = plan_for(tmp_path, tiny_model_path, max_steps=6, save_steps=3)
+    """Train 6 steps; then cut the folder back to what a kill after checkpoint-3 leaves and resume to 6
+    (keep_optimizer: all, so that checkpoint-3 keeps the optimizer state it had before checkpoint-6)."""
+    params, plan = plan_for(tmp_path, tiny_model_path, max_steps=6, save_steps=3, keep_optimizer="all")
     train.run(plan, echo=lambda line: None)
+    assert checkpoints.has_optimizer_state(plan.train_dir / "checkpoint-3")
     whole = json.loads((plan.train_dir / "train_summary.json").read_text())
     whole_log = json.loads((plan.train_dir / "trainer_state.json").read_text())["log_history"]
 

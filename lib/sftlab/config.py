@@ -200,6 +200,7 @@ class TrainKnobs(BaseModel):
     node_rank: int = 0
     rdzv_endpoint: str | None = None  # host:port of node 0 for multi-node runs
     resume: Resume = "auto"
+    keep_optimizer: Literal["newest", "all"] = "newest"  # to ScriptArguments too: which checkpoints keep resume state
 
 
 class TrainParams(TrainKnobs):

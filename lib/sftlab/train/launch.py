@@ -31,7 +31,9 @@ from sftlab.config import OWN_TRAIN_KEYS, Params, TrainParams, atomic_write_text
 
 LOG_TAIL_LINES = 50
 # The sftlab knobs that sftlab.train.ScriptArguments takes, under the same names.
-SCRIPT_KNOBS = ("collator", "pad_token", "use_reentrant", "resume", "turns", "overlong")
+SCRIPT_KNOBS = ("collator", "pad_token", "use_reentrant", "resume", "turns", "overlong", "keep_optimizer")
+# Knobs of what the disk keeps, not of what is trained: changing them over existing checkpoints is no new run.
+NOT_THE_RUN = ("keep_optimizer",)
 
 
 def nproc_per_node(train: TrainParams) -> int:
@@ -91,11 +93,12 @@ def portable(config: dict) -> dict:
     folder, the outputs folder or the folder above that (the checkout, by default) is written relative to it
     (`<experiment>/train/train.jsonl`, `<outputs>/models/...`, `<outputs>/../models/...`). The anchors come
     from the config's own `output_dir` (<outputs>/<experiment>/train), so two configs written in different
-    places compare equal when they differ only by where the experiment was. What train_config.yaml itself
-    holds stays absolute: the file is launched as it is."""
+    places compare equal when they differ only by where the experiment was, or by a knob of `NOT_THE_RUN`. What
+    train_config.yaml itself holds stays absolute: the file is launched as it is."""
+    config = {key: value for key, value in config.items() if key not in NOT_THE_RUN}
     output_dir = config.get("output_dir")
     if not isinstance(output_dir, str) or not posixpath.isabs(output_dir):
-        return dict(config)
+        return config
     experiment = posixpath.dirname(posixpath.normpath(output_dir))
     outputs = posixpath.dirname(experiment)
     anchors = [(experiment, "<experiment>"), (outputs, "<outputs>"), (posixpath.dirname(outputs), "<outputs>/..")]

@@ -27,9 +27,9 @@ them), so a copied or moved experiment resumes.
 
 Raises `data.DataError` for bad training rows, `models.ModelError` for a model that cannot be found,
 `audit.UnsupervisedEOSError` when the model would not be taught to stop, `ValueError` for a changed
-config over existing checkpoints or a launch that cannot work, `lock.TrainLocked` (naming the holder)
-while another trainer holds the experiment, and `TrainingFailed` (with the last 50 lines of the log)
-when torchrun exits non-zero.
+config over existing checkpoints, a newest checkpoint that holds weights only (`checkpoints.check_resumable`)
+or a launch that cannot work, `lock.TrainLocked` (naming the holder) while another trainer holds the
+experiment, and `TrainingFailed` (with the last 50 lines of the log) when torchrun exits non-zero.
 """
 
 from __future__ import annotations
@@ -193,6 +193,9 @@ def _write(planned: Plan) -> None:
     launch.write_inputs(planned.params, planned.examples, planned.test_examples, train_dir)
     atomic_write_text(planned.config_path, yaml.safe_dump(planned.config, sort_keys=False, allow_unicode=True))
     _record_run(train_dir)
+    newest = checkpoints.newest_complete(train_dir)
+    if planned.params.train.resume == "auto" and newest is not None and not planned.skip:
+        checkpoints.check_resumable(newest)  # a weights-only checkpoint: said here, not in the trainer's log
     planned.prepared = True
 
 

@@ -34,7 +34,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig
 
 from sftlab import models, progress
-from sftlab.checkpoints import newest_complete
+from sftlab.checkpoints import check_resumable, newest_complete, prune_resume_state
 from sftlab.config import Collator, DType, Overlong, Turns, collator_conflict
 from sftlab.train import supervision
 
@@ -56,6 +56,7 @@ class ScriptArguments:
     overlong: Overlong = field(default="error", metadata={"help": "error | drop | keep_start | keep_end"})
     chat_template: str | None = field(default=None, metadata={"help": "a Jinja chat template file to use"})
     eval_file: str | None = field(default=None, metadata={"help": "conversations for eval loss (data.test)"})
+    keep_optimizer: str = field(default="newest", metadata={"help": "newest | all: checkpoints keeping resume state"})
 
 
 @dataclass
@@ -244,14 +245,39 @@ class SaveLastStep(TrainerCallback):
         return control
 
 
+class PruneResumeState(TrainerCallback):
+    """`keep_optimizer: newest`: once a checkpoint is complete (the trainer calls on_save after writing its
+    trainer_state.json), the older checkpoints lose their optimizer, scheduler and RNG state and keep weights,
+    tokenizer, configs and trainer state: all that infer and score read (sftlab.checkpoints). Run by the
+    process that saved them: rank 0, or each node's first process with save_on_each_node."""
+
+    def __init__(self, keep_optimizer: str):
+        if keep_optimizer not in ("newest", "all"):
+            raise ValueError(f"keep_optimizer: {keep_optimizer!r} is not one of newest, all")
+        self.keep_optimizer = keep_optimizer
+        self.said = False
+
+    def on_save(self, args, state, control, **kwargs):
+        saver = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
+        if self.keep_optimizer == "newest" and saver:
+            pruned = prune_resume_state(Path(args.output_dir))
+            if pruned and not self.said:  # once a launch: the rule, not a line per save
+                print(f"[sftlab] {pruned[-1].name} and older checkpoints keep weights only; the optimizer state "
+                      "is in the newest one (train.keep_optimizer: newest)", flush=True)
+                self.said = True
+
+
 def resume_from(script_args: ScriptArguments, output_dir: str) -> str | None:
     if script_args.resume == "never":
         return None
     if script_args.resume == "auto":
         newest = newest_complete(Path(output_dir))
+        if newest:
+            check_resumable(newest)
         return str(newest) if newest else None
     if not Path(script_args.resume).is_dir():
         raise ValueError(f"resume: {script_args.resume} is not a checkpoint folder")
+    check_resumable(Path(script_args.resume))
     return script_args.resume
 
 
@@ -281,6 +307,7 @@ def main(script_args: ScriptArguments, training_args) -> None:
                            "sftlab handed it: it dropped rows on its own")
 
     trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same in one line
+    trainer.add_callback(PruneResumeState(script_args.keep_optimizer))
     trainer.data_collator = counter = TokenCounter(trainer.data_collator)
 
     # Train, resuming after a crash or a kill: the token counters go on from the checkpoint's.
