@@ -62,9 +62,16 @@ def test_a_position_flip_is_a_tie_and_is_counted(outputs, server):
     params = pairwise_params(server)
     summary = judge.run(judge.plan(params), progress=False)
     assert summary.flips == (n, n) and f"position flips: {n} of {n} pairs" in str(summary)
-    versus = score.run(score.plan(params)).tables["pairwise"].set_index("model")
+    tables = score.run(score.plan(params)).tables
+    versus = tables["pairwise"].set_index("model")
     assert versus.loc["checkpoint-10", "tie"] == 1.0 and versus.loc["checkpoint-10", "flip_rate"] == 1.0
     assert versus.loc["checkpoint-10", "n"] == n
+    assert versus.loc["checkpoint-10", "lc_win_rate"] == 0.5 and versus.loc["checkpoint-10", "lc_warning"] == ""
+    # the style-controlled ranking is the headline, the raw one beside it; both written
+    about = json.loads((params.layout.scores / "ranking.json").read_text(encoding="utf-8"))
+    assert about["headline"] == "style_controlled" and "separability" in about["style_controlled"]
+    assert {"raw_score", "raw_low", "raw_high", "small_sample"} <= set(tables["ranking"].columns)
+    assert tables["ranking"]["small_sample"].all()  # 4 prompts: far under score.min_n battles
 
 
 def test_a_schema_violation_is_an_error_row_never_a_tie(outputs, server):
