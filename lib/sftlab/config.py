@@ -389,6 +389,13 @@ class ScoreParams(_Section):
     # When the judge's self-consistency (Krippendorff's α over judge.repeats passes) falls below this, the
     # score report says its ranking is not trustworthy instead of naming a winner. None: off.
     min_alpha: float | None = Field(None, ge=-1, le=1)
+    # Every figure of the reliability card (and every ranking interval) computed from fewer items than this
+    # is flagged "small sample": a handful of labels or units does not support a confident number.
+    min_n: int = Field(30, ge=1)
+    # The pairwise ranking also controls for style (Arena-Hard-Auto's style control: length in tokens and
+    # characters, markdown headers, lists, bold, share of Hangul) and makes that the headline ranking; the
+    # raw Bradley-Terry ranking is shown beside it. False: the raw ranking only.
+    style_control: bool = True
     # What was observed of each experiment outside sftlab (e.g. by eye, in an earlier study): shown beside
     # the measured numbers in the study table. experiment -> text.
     observations: dict[ExperimentName, str] = {}

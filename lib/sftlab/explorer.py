@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from sftlab import pages
-from sftlab.judge.store import reasons_text
+from sftlab.judge.store import SCORE_PREFIX, reasons_text
 
 FOLD_AT = 200  # characters: longer texts show their start and unfold on a click
 PAGE_LENGTH = 10
@@ -163,8 +163,8 @@ def judgments(frame: pd.DataFrame, answers: pd.DataFrame | None = None) -> Table
         shown["finish_reason"] = keyed["finish_reason"].reindex(index).to_numpy()
     shown["status"] = frame["status"]
     shown["overall"] = pd.to_numeric(frame.get("overall"), errors="coerce")
-    for column in [c for c in frame.columns if c.startswith("score_")]:
-        shown[column.removeprefix("score_")] = pd.to_numeric(frame[column], errors="coerce")
+    for column in [c for c in frame.columns if c.startswith(SCORE_PREFIX)]:
+        shown[column.removeprefix(SCORE_PREFIX)] = pd.to_numeric(frame[column], errors="coerce")
     shown["reasons"] = frame["reasons"].map(lambda r: reasons_text(r if isinstance(r, dict) else None)) \
         if "reasons" in frame else ""
     shown["error"] = frame.get("error")
@@ -174,7 +174,6 @@ def judgments(frame: pd.DataFrame, answers: pd.DataFrame | None = None) -> Table
 
 def samples(frame: pd.DataFrame) -> Table:
     """The score stage's per-sample table (`score.tables["samples"]`): every answer with its scores."""
-    from sftlab.score.samples import SCORE_PREFIX
 
     frame = frame.reset_index(drop=True)
     columns = [c for c in ("experiment", "checkpoint", "id", "lang", "category") if c in frame]
@@ -201,7 +200,6 @@ def compare_frame(samples: pd.DataFrame, a: str, b: str, outcomes: pd.DataFrame 
     model names). With `outcomes` (the score stage's pairwise table, judge.mode: pairwise) each row also gets the
     pairwise verdict between the two from B's side (-4..4, both orders summed; 0 when the orders disagree,
     flagged `flip`), which orders the rows when there are no single scores."""
-    from sftlab.score.samples import SCORE_PREFIX
 
     def pick(name: str) -> pd.DataFrame:
         experiment, _, checkpoint = name.rpartition("/")

@@ -34,6 +34,7 @@ import pandas as pd
 from sftlab import jsonl, paths
 from sftlab.config import Params
 from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, pair_name
+from sftlab.judge.store import SCORE_PREFIX
 
 LABELS_FILE = "labels.jsonl"
 RESERVED = ("id", "checkpoint", "labeller", "source", "labelled_at", "scores", "first", "second", "verdict")
@@ -240,14 +241,41 @@ def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = N
     return form
 
 
-def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot: int = 1000,
-              confidence: float = 0.95, seed: int = 0) -> dict[str, Any] | None:
-    """Judge vs human on the labelled rows: per criterion weighted (quadratic) Cohen's κ and Spearman ρ,
-    with bootstrap intervals and counts. `judge_scores`: checkpoint, id and `score:<key>` columns (the
-    mean over passes, rounded for κ). None without labels."""
+def round_half_up(values) -> np.ndarray:
+    """The documented rounding of a mean over judge passes before κ: halves go up (2.5 -> 3, 3.5 -> 4),
+    the same way for every score. (np.rint rounds halves to even, 2.5 -> 2 but 3.5 -> 4, which moves κ
+    by the parity of the score.)"""
+    return np.floor(np.asarray(values, dtype=float) + 0.5).astype(int)
+
+
+def weighted_kappa(judge: np.ndarray, human: np.ndarray, scale: tuple[int, int]) -> tuple[float, str | None]:
+    """Quadratic-weighted Cohen's κ over the whole scale (`labels=` every point from lowest to highest, so
+    unused points keep their distance: scikit-learn's `cohen_kappa_score`), and why it says nothing when it
+    cannot: (NaN, reason) when both sides gave one and the same score (0/0); (0.0, reason) when only one
+    side did (κ is 0 by construction, not a measured disagreement)."""
     from sklearn.metrics import cohen_kappa_score
 
-    from sftlab.score.reliability import _bootstrap, _spearman
+    judge, human = round_half_up(judge), np.asarray(human, dtype=int)
+    if len(set(judge)) == 1 and len(set(human)) == 1:
+        return math.nan, f"undefined: judge and labels all {judge[0]} (0/0)"
+    constant = "the judge" if len(set(judge)) == 1 else "the labels" if len(set(human)) == 1 else None
+    labels_ = list(range(min(scale[0], judge.min(), human.min()), max(scale[1], judge.max(), human.max()) + 1))
+    kappa = float(cohen_kappa_score(judge, human, weights="quadratic", labels=labels_))
+    if constant:
+        value = (judge if constant == "the judge" else human)[0]
+        return kappa, f"degenerate: {constant} gave every labelled answer {value}; κ is 0 by construction"
+    return kappa, None
+
+
+def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot: int = 1000,
+              confidence: float = 0.95, seed: int = 0,
+              scales: dict[str, tuple[int, int]] | None = None) -> dict[str, Any] | None:
+    """Judge vs human on the labelled rows: per criterion weighted (quadratic) Cohen's κ over the rubric's
+    scale (`scales`: criterion -> (lowest, highest); the observed range where missing) and Spearman ρ, with
+    bootstrap intervals and counts. `judge_scores`: checkpoint, id and score columns (the mean over
+    passes, rounded half up for κ). None without labels."""
+    from sftlab.score import bootstrap
+    from sftlab.score.reliability import spearman
 
     labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR not in k[0]}  # answers, not pairs
     if not labelled:
@@ -258,7 +286,7 @@ def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot
                               "labellers": sorted({row["labeller"] for row in labelled.values()}), "criteria": {}}
     keys = sorted({k for row in labelled.values() for k in row["scores"]})
     for key in keys:
-        column = f"score:{key}"
+        column = SCORE_PREFIX + key
         pairs = []
         for (checkpoint, sample_id), row in labelled.items():
             if key in row["scores"] and (checkpoint, sample_id) in index.index and column in index:
@@ -268,18 +296,23 @@ def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot
         if not pairs:
             continue
         pairs_array = np.array(pairs)
-
-        def kappa(p: np.ndarray) -> float:
-            judge, human = np.rint(p[:, 0]).astype(int), p[:, 1].astype(int)
-            if len(set(judge) | set(human)) < 2:
-                return 1.0 if (judge == human).all() else math.nan
-            return float(cohen_kappa_score(judge, human, weights="quadratic"))
-
-        k = _bootstrap(pairs_array, kappa, n_boot, confidence, rng)
-        rho = _bootstrap(pairs_array, _spearman, n_boot, confidence, rng)
-        result["criteria"][key] = {"n": len(pairs), "kappa": {"estimate": k[0], "low": k[1], "high": k[2]},
-                                   "spearman_rho": {"estimate": rho[0], "low": rho[1], "high": rho[2]}}
+        scale = (scales or {}).get(key) or (int(pairs_array.min()), int(pairs_array.max()))
+        estimate, reason = weighted_kappa(pairs_array[:, 0], pairs_array[:, 1], scale)
+        _, low, high = bootstrap.interval(pairs_array, lambda p: weighted_kappa(p[:, 0], p[:, 1], scale)[0],
+                                          n_boot, confidence, rng)
+        rho = bootstrap.interval(pairs_array, spearman, n_boot, confidence, rng)
+        kappa = {"estimate": _rounded(estimate), "low": _rounded(low), "high": _rounded(high),
+                 "scale": f"{scale[0]}..{scale[1]}"}
+        if reason:
+            kappa.update({"low": None, "high": None, "note": reason})  # an interval of a constant is no evidence
+        result["criteria"][key] = {"n": len(pairs), "kappa": kappa,
+                                   "spearman_rho": {"estimate": _rounded(rho[0]), "low": _rounded(rho[1]),
+                                                    "high": _rounded(rho[2])}}
     return result
+
+
+def _rounded(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
 def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, names: dict[str, str] | None = None,
@@ -288,7 +321,7 @@ def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, n
     with ties), with a bootstrap interval. `outcomes`: the score stage's combined pairwise outcomes (a, b,
     id, outcome from a's side; several passes are averaged). `names` maps checkpoint names to the names
     used in `outcomes` (a study prefixes the experiment)."""
-    from sftlab.score.reliability import _bootstrap
+    from sftlab.score import bootstrap
 
     labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR in k[0] and CRITERION in v["scores"]}
     if not labelled or outcomes.empty:
@@ -306,6 +339,7 @@ def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, n
         agree.append(float(np.sign(judged[(a, b, sample_id)]) == np.sign(human)))
     if not agree:
         return None
-    estimate = _bootstrap(np.array(agree), np.mean, n_boot, confidence, np.random.default_rng(seed))
+    estimate = bootstrap.interval(np.array(agree), np.mean, n_boot, confidence, np.random.default_rng(seed))
     return {"labels": len(agree), "labellers": sorted({row["labeller"] for row in labelled.values()}),
-            "raw_agreement": {"estimate": estimate[0], "low": estimate[1], "high": estimate[2], "n": len(agree)}}
+            "raw_agreement": {"estimate": _rounded(estimate[0]), "low": _rounded(estimate[1]),
+                              "high": _rounded(estimate[2]), "n": len(agree)}}

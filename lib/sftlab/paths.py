@@ -49,6 +49,7 @@ class ExperimentLayout:
         train.lock                while a trainer runs: who holds the experiment (sftlab.train.lock)
         generations/              <checkpoint>.jsonl + <checkpoint>.settings.json (infer)
         judge/                    <checkpoint>.jsonl + summary.json (judge)
+        judge/pairwise/           <first>~<second>.jsonl + summary.json (judge, judge.mode: pairwise)
         labels/                   human labels, append-only (sftlab.labels)
         scores/                   summary.csv, differences.csv, study_table.csv, reliability.json, figures/
         runs/<UTC time>-<stage>/  the immutable record of one stage run: executed notebook, HTML, params
@@ -90,6 +91,14 @@ class ExperimentLayout:
     @property
     def judge(self) -> Path:
         return self.root / "judge"
+
+    @property
+    def pairwise_judge(self) -> Path:
+        return self.judge / "pairwise"
+
+    def judge_summary(self, pairwise: bool = False) -> Path:
+        """The judge stage's last run in that mode (each mode writes its own)."""
+        return (self.pairwise_judge if pairwise else self.judge) / "summary.json"
 
     @property
     def scores(self) -> Path:

@@ -31,5 +31,5 @@ def load_judgments(params: Params):
     """One row per (checkpoint, id) — the latest written — as a pandas DataFrame, base first then by
     step; with a `score_<criterion>` column per criterion. Empty when nothing was judged yet. In pairwise
     mode one row per (pair and order, id): `checkpoint` is `<A>~<B>`, `score_verdict` A's side, -2..2."""
-    folder = params.layout.judge / "pairwise" if params.judge.mode == "pairwise" else params.layout.judge
+    folder = params.layout.pairwise_judge if params.judge.mode == "pairwise" else params.layout.judge
     return store.load_frame(folder)

@@ -186,7 +186,7 @@ def plan(params: Params) -> Plan:
                 reference.check_rubric(rubrics[path], str(paths.resolve(path)))
     identity = f"{backend}:{model}"
     pairwise_mode = judge.mode == "pairwise"
-    directory = params.layout.judge / "pairwise" if pairwise_mode else params.layout.judge
+    directory = params.layout.pairwise_judge if pairwise_mode else params.layout.judge
     result = Plan(params, backend, reason, model, {}, items=[], directory=directory, mode=judge.mode)
     if pairwise_mode:
         items = _pair_items(params, rows, rubrics, identity, result.rubrics)
@@ -470,7 +470,8 @@ def _write_summary(params: Params, planned: Plan, summary: Summary) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     data = {**summary.__dict__, "rubrics": {str(p): r.name for p, r in planned.rubrics.items()},
             "finished": _now()}
-    atomic_write_text(folder / "summary.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    summary_file = params.layout.judge_summary(pairwise=planned.mode == "pairwise")  # what the score stage reads
+    atomic_write_text(summary_file, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _now() -> str:

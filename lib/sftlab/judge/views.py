@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from sftlab.judge.rubric import Rubric
+from sftlab.judge.store import SCORE_PREFIX
 from sftlab.checkpoints import checkpoint_order
 
 ABOUT_BACKENDS = {
@@ -36,7 +37,7 @@ def judged_by(judgments: pd.DataFrame) -> str:
 
 
 def score_columns(judgments: pd.DataFrame) -> list[str]:
-    return [c for c in judgments.columns if c.startswith("score_")]
+    return [c for c in judgments.columns if c.startswith(SCORE_PREFIX)]
 
 
 def criterion_means(judgments: pd.DataFrame) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def criterion_means(judgments: pd.DataFrame) -> pd.DataFrame:
     if judgments.empty:
         return pd.DataFrame()
     grouped = judgments.groupby("checkpoint", sort=False)
-    table = grouped[score_columns(judgments)].mean().rename(columns=lambda c: c.removeprefix("score_"))
+    table = grouped[score_columns(judgments)].mean().rename(columns=lambda c: c.removeprefix(SCORE_PREFIX))
     table["overall"] = grouped["overall"].apply(lambda s: pd.to_numeric(s, errors="coerce").mean())
     table["rows"] = grouped.size()
     table["errors"] = grouped["status"].apply(lambda s: int((s == "error").sum()))
@@ -68,7 +69,7 @@ def plot_distributions(judgments: pd.DataFrame, rubrics: dict[str, Rubric] | Non
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
     width = 0.8 / max(1, len(checkpoints))
     for ax, column in zip(axes.flat, columns):
-        key = column.removeprefix("score_")
+        key = column.removeprefix(SCORE_PREFIX)
         values = judgments[column].dropna().astype(int)
         low, high = scales.get(key, (int(values.min()) if len(values) else 1, int(values.max()) if len(values) else 5))
         for i, checkpoint in enumerate(checkpoints):

@@ -12,8 +12,9 @@ Writes under outputs/<exp>/scores/: summary.csv, differences.csv, study_table.cs
 reliability.json (the judge's reliability card, sftlab.score.reliability) and headline.json (read by
 outputs/index.html); from pairwise judgments (judge.mode: pairwise) also
 pairwise.csv (each model against the baseline: win/tie/loss with intervals, raw and length-controlled
-win rates, position flips) and ranking.csv (Bradley–Terry scores with intervals, rank, separable): see
-sftlab.score.pairwise. The notebook adds figures/*.png (sftlab.score.views).
+win rates, position flips), ranking.csv (the style-controlled Bradley–Terry ranking with the raw one beside
+it: scores with intervals, rank, separable) and ranking.json (which is the headline, separability over all
+pairs, style coefficients): see sftlab.score.pairwise. The notebook adds figures/*.png (sftlab.score.views).
 Raises `ScoreError` when a compared experiment has no generations, or the baseline names a
 checkpoint that was not generated.
 """
@@ -53,7 +54,7 @@ class Summary:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # samples, summary, differences, study
     written: list[Path] = field(default_factory=list)
     judge_failures: dict[str, str] = field(default_factory=dict)  # experiment -> "judge: 3/40 rows failed — ..."
-    separability: float | None = None  # pairwise: share of ranking neighbours whose intervals do not overlap
+    separability: float | None = None  # pairwise: share of all pairs of models whose intervals do not overlap
     reliability: dict = field(default_factory=dict)  # the judge's reliability card (reliability.json)
 
     def __str__(self) -> str:
@@ -94,6 +95,8 @@ def run(planned: Plan) -> Summary:
         for name in ("pairwise", "ranking"):
             atomic_write_text(out / f"{name}.csv", pair_tables[name].to_csv(index=False))
             paths_written.append(out / f"{name}.csv")
+        atomic_write_text(out / "ranking.json", json.dumps(pair_tables["ranking_about"], indent=2) + "\n")
+        paths_written.append(out / "ranking.json")
     return Summary(tables=tables, written=paths_written, judge_failures=failures,
                    separability=pair_tables.get("separability") if pair_tables else None, reliability=card)
 
@@ -106,10 +109,11 @@ def reliability_card(planned: Plan, samples: pd.DataFrame, pair_tables: dict) ->
     params = planned.params
     options = {"n_boot": min(params.score.bootstrap, 1000), "confidence": params.score.confidence, "seed": params.seed}
     agreement = {}
+    scales = rubric_scales(params)
     name = pairwise.model_namer(planned.experiments)
     for experiment in planned.experiments:
         layout = paths.ExperimentLayout.of(experiment)
-        found = labels.agreement(layout, samples[samples["experiment"] == experiment], **options) or {}
+        found = labels.agreement(layout, samples[samples["experiment"] == experiment], scales=scales, **options) or {}
         if pair_tables:
             names = {c: name(experiment, c) for c in set(samples.loc[samples["experiment"] == experiment, "checkpoint"])}
             outcomes = pair_tables["outcomes"][pair_tables["outcomes"]["experiment"] == experiment]
@@ -119,13 +123,31 @@ def reliability_card(planned: Plan, samples: pd.DataFrame, pair_tables: dict) ->
         if found:
             agreement[experiment] = found
     return reliability.card(planned.experiments, samples, pair_tables, agreement, min_alpha=params.score.min_alpha,
-                            **options)
+                            min_n=params.score.min_n, scales=scales, **options)
+
+
+def rubric_scales(params: Params) -> dict[str, tuple[int, int]]:
+    """criterion key -> (lowest, highest) from the rubrics this experiment's judge uses: the value domain
+    of α and the labels of κ. A rubric file that cannot be read leaves its criteria to the observed range
+    (the card says which domain it used)."""
+    from sftlab.judge.rubric import RubricError, load_rubric
+
+    scales: dict[str, tuple[int, int]] = {}
+    for path in dict.fromkeys([params.judge.rubric, *(params.judge.rubric_by_lang or {}).values()]):
+        try:
+            scales.update({c.key: tuple(c.scale) for c in load_rubric(path).criteria})
+        except (RubricError, OSError):
+            continue
+    return scales
 
 
 def pairwise_tables(planned: Plan, samples: pd.DataFrame) -> dict:
     """From the pairwise judgments of the compared experiments (none: {}): battles, combined outcomes,
-    `pairwise` (against the baseline), `ranking`, `flips` and the share of separable neighbours."""
-    from sftlab.score import pairwise
+    `pairwise` (against the baseline), `ranking` (the headline: style-controlled unless
+    `score.style_control` is false, with the raw ranking's columns beside it as `raw_*`), `ranking_about`
+    (which ranking is the headline, separability, style coefficients), `flips`, and `separability` (the
+    headline ranking's, over all pairs of models)."""
+    from sftlab.score import pairwise, style
 
     params = planned.params
     judged = pairwise.battles(planned.experiments, samples)
@@ -133,9 +155,21 @@ def pairwise_tables(planned: Plan, samples: pd.DataFrame) -> dict:
         return {}
     combined = pairwise.outcomes(judged)
     baseline = pairwise.model_namer(planned.experiments)(*planned.baseline)
-    options = {"confidence": params.score.confidence, "seed": params.seed}
-    versus = pairwise.versus(combined, baseline, n_boot=params.score.bootstrap, **options)
-    ranked, separability = pairwise.ranking(judged, baseline, n_boot=min(params.score.bootstrap, 200), **options)
-    return {"battles": judged, "outcomes": combined, "pairwise": versus, "ranking": ranked,
-            "flips": pairwise.flip_rates(combined), "separability": separability}
-
+    options = {"confidence": params.score.confidence, "seed": params.seed, "min_n": params.score.min_n,
+               "n_boot": min(params.score.bootstrap, 200)}
+    versus = pairwise.versus(combined, baseline, n_boot=params.score.bootstrap, confidence=params.score.confidence,
+                             seed=params.seed)
+    raw, raw_about = pairwise.ranking(judged, baseline, **options)
+    about = {"headline": "raw", "raw": raw_about}
+    ranked = raw
+    if params.score.style_control:
+        ranked, style_about = pairwise.ranking(judged, baseline, style_features=style.FEATURES, **options)
+        about.update({"headline": "style_controlled", "style_controlled": style_about})
+        beside = raw.set_index("model")[["score", "low", "high", "rank"]].add_prefix("raw_")
+        ranked = ranked.join(beside, on="model")
+    about["meaning"] = ("style-controlled Bradley–Terry (Arena-Hard-Auto's style control): each model's score with "
+                        "the answers' length, markdown and Hangul share held equal; raw_*: without style control"
+                        if params.score.style_control else "raw Bradley–Terry (score.style_control: false)")
+    headline = about.get(about["headline"], raw_about)
+    return {"battles": judged, "outcomes": combined, "pairwise": versus, "ranking": ranked, "ranking_about": about,
+            "flips": pairwise.flip_rates(combined), "separability": headline["separability"]}

@@ -14,6 +14,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import font_manager
 
+from sftlab.judge.store import SCORE_PREFIX
+
 FONT = "NanumGothic"
 
 
@@ -113,10 +115,10 @@ def score_distributions(samples: pd.DataFrame, criteria: list[str], path: Path |
     """Distribution of each criterion's scores per checkpoint (judged rows only)."""
     _theme()
     judged = samples[samples["judge_status"] == "judged"]
-    names = [c for c in criteria if f"score:{c}" in judged]
+    names = [c for c in criteria if SCORE_PREFIX + c in judged]
     fig, axes = _grid(len(names))
     for ax, name in zip(axes, names):
-        sns.boxplot(data=judged, x="checkpoint", y=f"score:{name}", hue="experiment", ax=ax)
+        sns.boxplot(data=judged, x="checkpoint", y=SCORE_PREFIX + name, hue="experiment", ax=ax)
         ax.set_title(name)
         ax.set_ylabel("")
         ax.tick_params(axis="x", rotation=45)
@@ -144,16 +146,47 @@ def win_rate_matrix(outcomes: pd.DataFrame, path: Path | None = None):
 
 
 def ranking(table: pd.DataFrame, path: Path | None = None):
-    """Pairwise: the Bradley–Terry ranking with bootstrap intervals; overlapping neighbours are marked."""
+    """Pairwise: the headline Bradley–Terry ranking with bootstrap intervals (style-controlled by default),
+    the raw ranking beside it in grey when present; overlapping neighbours are marked."""
     _theme()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(table) + 1.5))
-    ordered = table.iloc[::-1]
+    ordered = table.iloc[::-1].reset_index(drop=True)
+    controlled = "raw_score" in ordered
+    if controlled:
+        err = [ordered["raw_score"] - ordered["raw_low"], ordered["raw_high"] - ordered["raw_score"]]
+        ax.errorbar(ordered["raw_score"], ordered.index + 0.2, xerr=err, fmt="s", capsize=3, color="#999999",
+                    label="raw")
     err = [ordered["score"] - ordered["low"], ordered["high"] - ordered["score"]]
-    ax.errorbar(ordered["score"], ordered["model"], xerr=err, fmt="o", capsize=4)
+    ax.errorbar(ordered["score"], ordered.index, xerr=err, fmt="o", capsize=4,
+                label="style-controlled (headline)" if controlled else "Bradley–Terry")
+    ax.set_yticks(ordered.index, ordered["model"])
     for y, (_, row) in enumerate(ordered.iterrows()):
         if row["separable"] is False:
             ax.annotate("not separable from the next", (row["high"], y), xytext=(6, 0), textcoords="offset points",
                         va="center", fontsize=8, color="#a40000")
     ax.set_xlabel("Bradley–Terry score (Elo scale, baseline = 1000)")
-    ax.set_title("ranking, 95% bootstrap intervals")
+    ax.set_title("ranking, 95% bootstrap intervals over prompts")
+    if controlled:
+        ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
+
+
+def ranking_caption(about: dict) -> str:
+    """One paragraph under the ranking: which ranking is the headline, its separability (Arena-Hard's, over
+    all pairs of models) and the style coefficients."""
+    headline = about.get(about.get("headline", "raw"), {})
+    text = (f"Headline: **{about.get('headline', 'raw').replace('_', '-')}** ranking ({about.get('meaning', '')}). "
+            f"Separability (pairs of models whose intervals do not overlap, Arena-Hard-Auto's): "
+            f"{_percent(headline.get('separability'))} of {headline.get('pairs', 0)}; neighbours: "
+            f"{_percent(headline.get('separability_neighbours'))}.")
+    coefficients = headline.get("style_coefficients")
+    if coefficients:
+        text += " Style effects (Elo per standard deviation): " + ", ".join(
+            f"{name} {c['elo_per_sd']:+.0f} [{c['low']:+.0f}, {c['high']:+.0f}]" for name, c in coefficients.items())
+        if headline.get("style_left_out"):
+            text += f"; left out: {headline['style_left_out']}"
+    return text + "."
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.0%}"
