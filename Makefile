@@ -80,7 +80,7 @@ test: setup
 # The docs site, strict: a broken link or anchor, a missing page or one left out of the nav fails the build.
 # Offline: the params reference is generated from sftlab.config by docs/hooks/params_reference.py.
 docs: setup
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 bench: setup
 	$(PY) bench/run_all.py

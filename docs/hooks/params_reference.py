@@ -53,8 +53,10 @@ def _comments(cls: type) -> dict[str, str]:
         while row >= 1 and lines[row - 1].strip().startswith("#"):
             above.insert(0, lines[row - 1].strip().lstrip("#").strip())
             row -= 1
-        # A comment block that heads a group of fields ("# Launch.") is followed by a blank line or by
-        # several fields; one that explains a field sits right above it. Keep both: they are short.
+        # A comment block after a blank line heads a group of fields ("# Launch."); one that explains a
+        # field follows the field before it (or the class line) directly.
+        if above and (row < 1 or not lines[row - 1].strip()):
+            above = []
         after = [trailing[line] for line in range(node.lineno, (node.end_lineno or node.lineno) + 1) if line in trailing
                  and not lines[line - 1].strip().startswith("#")]
         found[node.target.id] = " ".join(above + after)
@@ -104,22 +106,32 @@ def constraints(field: FieldInfo) -> str:
     return ", ".join(parts)
 
 
+def _own_doc(model: type) -> str:
+    """The class's own docstring on one line ('' when it has none: not pydantic's BaseModel's)."""
+    doc = model.__dict__.get("__doc__") or ""
+    return " ".join(inspect.cleandoc(doc).split())
+
+
 def _is_model(annotation) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) for every field of `model`, nested sections flattened (`columns.id`)."""
+    from sftlab.config import OWN_TRAIN_KEYS
+
     comments = field_comments(model)
     result = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         if _is_model(field.annotation):
-            doc = inspect.getdoc(field.annotation) or ""
+            doc = _own_doc(field.annotation)
             result.append((key, "mapping", "(below)", " ".join(doc.split()) or comments.get(name, "")))
             result += rows(field.annotation, f"{key}.")
             continue
         meaning = comments.get(name, "")
+        if not meaning and prefix == "train." and name not in OWN_TRAIN_KEYS:
+            meaning = "a field of `trl.SFTConfig`, passed through (null: the trainer's default)"
         limits = constraints(field)
         type_cell = type_text(field.annotation) + (f" ({limits})" if limits else "")
         result.append((key, type_cell, default_text(field), meaning))
@@ -143,9 +155,9 @@ def render() -> str:
     for name, field in sections.items():
         model = field.annotation
         parts += [f"## `{name}`", ""]
-        doc = inspect.getdoc(model)
+        doc = _own_doc(model)
         if doc:
-            parts += [" ".join(doc.split()), ""]
+            parts += [doc, ""]
         parts += [_table(rows(model, f"{name}.")), ""]
         if name == "train":
             parts += [TRAIN_PASS_THROUGH, ""]

@@ -1,7 +1,14 @@
-"""What the score notebook shows: figures (seaborn). Korean labels render with NanumGothic, which the
-`koreanize-matplotlib` package ships: no system font and no root needed.
+"""What the score notebook shows: the verdict it opens with, its tables, and figures (seaborn). Korean labels
+render with NanumGothic, which the `koreanize-matplotlib` package ships: no system font and no root needed.
 
-Each function returns the matplotlib figure and saves it when given a path.
+    display(views.verdict(summary))       # headline, judge failures, the card's line, ranking figure, differences
+    display(views.summary_table(by_checkpoint, criteria))   # one row per model, grouped columns, intervals
+    display(views.differences_detail(differences))          # every metric against the baseline
+
+The figure functions return the matplotlib figure and save it when given a path. The verdict's figure is
+embedded in its HTML (a data URI), so the block reads the same in Jupyter, in the report and anywhere it is
+copied; the headline's wording follows the interval: a model is "better than the baseline" only when the
+interval of its paired difference excludes 0, and no winner is named when the card distrusts the judge.
 """
 
 from __future__ import annotations
