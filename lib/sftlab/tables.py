@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from numbers import Integral, Real
 
 import pandas as pd
@@ -23,12 +24,15 @@ import pandas as pd
 from sftlab import pages
 
 MISSING = "—"
+SHORT = 40  # text cells up to this many characters do not wrap (names, labels); longer text wraps
+INTERVAL = re.compile(r"[+-]?\d[\d.]*%?( \[[^\]]*\])?|—")  # "0.612 [0.550, 0.671]": aligned like a number
 STYLE = """<style>
 .sftlab-table-wrap { overflow-x: auto; max-width: 100%; margin: .3em 0 .8em; }
 table.sftlab-table { border-collapse: collapse; font-size: .85em; }
 table.sftlab-table th, table.sftlab-table td { border: 1px solid #d0d0d0; padding: 3px 8px; vertical-align: top; }
-table.sftlab-table th { background: #f3f3f3; text-align: center; white-space: nowrap; }
+table.sftlab-table th { background: #f3f3f3; text-align: center; white-space: nowrap; font-weight: 600; }
 table.sftlab-table td { text-align: left; }
+table.sftlab-table td.short { white-space: nowrap; }
 table.sftlab-table td.number { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 table.sftlab-table th.group { border-bottom: 2px solid #888; }
 </style>"""
@@ -116,9 +120,10 @@ def table(frame: pd.DataFrame, groups: dict[str, list[str]] | None = None, preci
     for record in frame.itertuples(index=False, name=None):
         cells = []
         for column, value in zip(frame.columns, record):
-            number = formats[column] is not None
-            text = html.escape(cell_text(value, formats[column]))
-            cells.append(f'<td class="number">{text}</td>' if number else f"<td>{text}</td>")
+            text = cell_text(value, formats[column])
+            kind = "number" if formats[column] is not None or INTERVAL.fullmatch(text) else \
+                "short" if len(text) <= SHORT else ""
+            cells.append(f'<td class="{kind}">{html.escape(text)}</td>' if kind else f"<td>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     classes = f"sftlab-table {css_class}".strip()
     body = (f'<div class="sftlab-table-wrap"><table class="{html.escape(classes)}"><thead>{header}</thead>'
