@@ -272,3 +272,13 @@ def test_report_tables_have_no_index_sensible_precision_and_scroll():
     assert "sftlab-ko-" in text  # carries its Korean font for Jupyter
     assert tables.interval(0.5, 0.41, 0.6, percent=True) == "50.0% [41.0%, 60.0%]"
     assert tables.interval(0.25, -0.1, 0.6, signed=True) == "+0.250 [-0.100, 0.600]"
+
+
+@pytest.mark.slow
+def test_index_headline_wraps_and_links_the_latest_report_and_the_comparison(scored):
+    index = (scored / "index.html").read_text(encoding="utf-8")
+    cell = re.search(r'<td class="headline">(.*?)</td>', index, re.S).group(1)
+    assert '<a href="hostile/reports/score.html">latest report (score)</a>' in cell
+    assert f'<a href="hostile/reports/score.html#{reports.COMPARE_ANCHOR}">comparison</a>' in cell
+    assert f'id="{reports.COMPARE_ANCHOR}"' in (scored / "hostile" / "reports" / "score.html").read_text(encoding="utf-8")
+    assert re.search(r"td\.headline \{[^}]*white-space: normal", index)
