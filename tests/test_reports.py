@@ -282,3 +282,56 @@ def test_index_headline_wraps_and_links_the_latest_report_and_the_comparison(sco
     assert f'<a href="hostile/reports/score.html#{reports.COMPARE_ANCHOR}">comparison</a>' in cell
     assert f'id="{reports.COMPARE_ANCHOR}"' in (scored / "hostile" / "reports" / "score.html").read_text(encoding="utf-8")
     assert re.search(r"td\.headline \{[^}]*white-space: normal", index)
+
+
+@pytest.mark.slow
+def test_a_report_opens_with_its_lead_cells_under_the_title(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    title = nbformat.v4.new_markdown_cell("# Infer")
+    parameters = nbformat.v4.new_code_cell("params_file = 'x'", metadata={"tags": ["parameters"]})
+    work = nbformat.v4.new_code_cell("print('working')")
+    work.outputs = [nbformat.v4.new_output("stream", name="stdout", text="working\n")]
+    lead = nbformat.v4.new_code_cell("display(summary_of_the_run)", metadata={"tags": ["lead"]})
+    lead.outputs = [nbformat.v4.new_output("display_data", data={"text/html": "<p id='answer'>160 answers</p>",
+                                                                 "text/plain": "160 answers"})]
+    empty_lead = nbformat.v4.new_code_cell("never_ran()", metadata={"tags": ["lead"]})
+    nb.cells = [title, parameters, work, lead, empty_lead]
+    source = tmp_path / "infer.ipynb"
+    nbformat.write(nb, source)
+    full, plain = reports.render_notebook(source, tmp_path / "out")
+    for page in (full, plain):
+        text = page.read_text(encoding="utf-8")
+        assert text.index("<h1") < text.index('<p id="answer">') < text.index("working")
+    full_text = full.read_text(encoding="utf-8")
+    assert "summary_of_the_run" not in full_text, "the lead cell's code is left out, its output leads"
+    assert "celltag_parameters" in full_text  # the rest keeps its code and its place; a lead that never ran stays
+    assert full_text.index("celltag_parameters") < full_text.index("working") < full_text.rindex("celltag_lead")
+    assert [c.source for c in nbformat.read(source, as_version=4).cells][3] == "display(summary_of_the_run)"
+
+
+def test_infer_and_judge_summaries_say_rows_failures_and_cost():
+    from sftlab.infer import views as infer_views
+    from sftlab.infer.stage import Summary as InferSummary
+    from sftlab.judge import views as judge_views
+    from sftlab.judge.stage import Summary as JudgeSummary
+
+    generations = pd.DataFrame({"checkpoint": ["base", "base", "checkpoint-5", "checkpoint-5"], "id": ["a", "b"] * 2,
+                                "eos_terminated": [True, True, True, False],
+                                "finish_reason": ["eos", "eos", "eos", "length"]})
+    text = repr(infer_views.summary(generations, InferSummary(generated={"checkpoint-5": 2}, seconds={"checkpoint-5": 4.0},
+                                                              tokens={"checkpoint-5": 130})))
+    assert text.startswith("4 answers: 2 models (base, checkpoint-5) × 2 test samples.")
+    assert "base 100%, checkpoint-5 50%" in text and "⚠ 1 of 4 answers were cut at infer.max_new_tokens (checkpoint-5: 1)" in text
+    assert "This run generated 2 answers in 4 s (130 tokens, 32.5 tokens/s)" in text
+    assert "color:#a40000" in infer_views.summary(generations)._repr_html_()
+
+    judgments = pd.DataFrame({"checkpoint": ["base", "checkpoint-5", "checkpoint-5"], "status": ["judged", "judged", "error"],
+                              "overall": [0.5, 0.75, None]})
+    run = JudgeSummary(backend="openai", model="m", rows=3, judged=2, errors=1, requests=4, cost_usd=0.0123, seconds=2.5,
+                       error_counts={"the judge refused": 1})
+    text = repr(judge_views.summary(judgments, run))
+    assert text.startswith("Judge: openai (m). 3 judgments of 2 models: 2 scored, 1 failed, 0 not judged.")
+    assert "⚠ judge: 1/3 rows failed — the judge refused" in text
+    assert "Mean overall score (0–1): base 0.500, checkpoint-5 0.750." in text and "cost $0.0123" in text
