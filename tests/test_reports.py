@@ -254,6 +254,19 @@ def test_verdict_names_a_winner_only_when_the_interval_excludes_zero():
     distrusted = score_views.headline_sentence({"summary": summary, "differences": differences},
                                                {**card, "trustworthy": False, "warning": "α 0.41 < 0.8"})
     assert distrusted.startswith("No winner named: α 0.41 < 0.8.")
+    # pairwise: the ranking decides, and overlapping intervals name no winner
+    ranking = pd.DataFrame({"model": ["checkpoint-9", "base"], "score": [1080.0, 1000.0], "low": [1040.0, 1000.0],
+                            "high": [1120.0, 1000.0], "rank": [1, 2], "separable": [True, None]})
+    versus = pd.DataFrame({"model": ["checkpoint-9"], "baseline": ["base"], "n": [40], "win_rate": [0.7],
+                           "win_rate_low": [0.6], "win_rate_high": [0.8], "lc_win_rate": [0.66], "flip_rate": [0.05]})
+    pair_tables = {"summary": summary, "differences": differences, "ranking": ranking, "pairwise": versus}
+    assert score_views.headline_sentence(pair_tables, card) == (
+        "checkpoint-9 ranks first (Bradley–Terry 1080 [1040, 1120]), separable from the next. Against the baseline "
+        "base it wins 70.0% [60.0%, 80.0%] of 40 prompts (ties count half).")
+    assert "66.0%" in score_views.differences_table(pair_tables).html
+    ranking.loc[0, "separable"] = False
+    assert score_views.headline_sentence(pair_tables, card).startswith(
+        "No winner: checkpoint-9 (1080 [1040, 1120]) and base are not separable")
 
 
 def test_report_tables_have_no_index_sensible_precision_and_scroll():
