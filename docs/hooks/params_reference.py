@@ -9,6 +9,7 @@ MkDocs runs `on_page_markdown` (mkdocs.yml `hooks:`): in `params-reference.md` t
 from __future__ import annotations
 
 import ast
+import html
 import inspect
 import io
 import json
@@ -138,10 +139,18 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, 
     return result
 
 
+def _text(comment: str) -> str:
+    """A source comment as table-cell Markdown: `<experiment>` outside code spans is text, not a tag; a pipe
+    does not end the cell."""
+    parts = comment.split("`")
+    parts = [html.escape(part, quote=False) if i % 2 == 0 else part for i, part in enumerate(parts)]
+    return "`".join(parts).replace("|", "\\|")
+
+
 def _table(entries: list[tuple[str, str, str, str]]) -> str:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, kind, default, meaning in entries:
-        lines.append(f"| `{key}` | {kind} | {default} | {meaning.replace('|', chr(92) + '|')} |")
+        lines.append(f"| `{key}` | {kind} | {default} | {_text(meaning)} |")
     return "\n".join(lines)
 
 
