@@ -77,9 +77,9 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: see sftlab.mo
 
 class ModelParams(_Section):
     name_or_path: str = "builtin:smollm2-135m-instruct"  # builtin:NAME, a hub id, or a local folder
-    revision: str | None = None
+    revision: str | None = None  # a hub revision (branch, tag or commit) of name_or_path
     dtype: DType = "auto"  # auto: bf16 on GPU, fp32 on CPU for inference; fp32 weights for training
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repository's own code (only for models you trust)
     chat_template: str | None = None  # a Jinja template file, or the text itself: replaces the tokenizer's own
 
 
@@ -88,13 +88,13 @@ class ColumnMap(_Section):
     question/answer (+ input); TRL's prompt/completion and Alpaca's instruction/input/output are recognised
     by those names (docs/data.md)."""
 
-    id: str = "id"
-    messages: str = "messages"
+    id: str = "id"  # a unique id per row (without one: made up from the file and row number)
+    messages: str = "messages"  # a list of {role, content} turns
     conversations: str = "conversations"  # ShareGPT: [{from, value}, ...], used when a row has no messages
-    question: str = "question"
-    answer: str = "answer"
+    question: str = "question"  # with `answer`: one user turn and one assistant turn
+    answer: str = "answer"  # the reference answer the model is trained on and judged against
     input: str = "input"  # when not empty: appended to the question after a blank line (Alpaca's input)
-    system: str = "system"
+    system: str = "system"  # an optional system message per row
 
 
 class MixtureSource(_Section):
@@ -111,7 +111,7 @@ class DataParams(_Section):
     train: str | list[MixtureSource] = "data/demo/train.jsonl"
     train_split: str = "train"  # split name when `train` is a hub dataset or a DatasetDict folder
     test: str | None = "data/demo/test.jsonl"  # None: split `test_size` off the training rows
-    test_split: str = "test"
+    test_split: str = "test"  # split name when `test` is a hub dataset
     test_size: float = Field(0.1, gt=0)  # fraction (<1) or number of rows (>=1) for the seeded split
     columns: ColumnMap = ColumnMap()
     system_prompt: str | None = None  # added to rows that have no system message of their own
@@ -184,11 +184,11 @@ class TrainKnobs(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     # What the origin's collator study varies.
-    loss: Loss = "completion"
+    loss: Loss = "completion"  # completion: loss on the answers only; all: on the whole conversation
     turns: Turns = "all"  # every assistant turn carries loss (weight: 0 turns excepted); last: only the final one
     overlong: Overlong = "error"  # rows longer than max_length: refuse, drop, or cut (keep_start / keep_end)
-    packing: Packing = False
-    collator: Collator = "trl"
+    packing: Packing = False  # TRL packing of several rows per sequence; bfd trains padding-free
+    collator: Collator = "trl"  # legacy_pad_masked: the old collator that masks every pad id (reproduces its bug)
     pad_token: str = "eos"  # eos | add | a token of the model's vocabulary
     allow_unsupervised_eos: bool = False  # True only to reproduce the never-stops failure on purpose
     audit_rows: int = Field(8, ge=1)  # rows tokenized by the label audit before launch
@@ -196,11 +196,11 @@ class TrainKnobs(BaseModel):
 
     # Launch.
     nproc_per_node: int | Literal["auto"] = "auto"  # auto: number of GPUs, else 1
-    nnodes: int = 1
-    node_rank: int = 0
+    nnodes: int = 1  # machines taking part in one training run
+    node_rank: int = 0  # this machine's place among them (0 holds the rendezvous)
     rdzv_endpoint: str | None = None  # host:port of node 0 for multi-node runs
-    resume: Resume = "auto"
-    keep_optimizer: Literal["newest", "all"] = "newest"  # to ScriptArguments too: which checkpoints keep resume state
+    resume: Resume = "auto"  # auto: the newest complete checkpoint; never: start over; or a checkpoint path
+    keep_optimizer: Literal["newest", "all"] = "newest"  # which checkpoints keep the optimizer/scheduler state
 
 
 class TrainParams(TrainKnobs):
@@ -326,12 +326,12 @@ class InferParams(_Section):
     engine: Literal["hf", "vllm"] = "hf"
     checkpoints: Literal["all", "last"] | list[str] = "all"  # the base model is always added
     num_samples: int | None = Field(None, ge=1)  # None: the whole test set
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)  # prompts generated together (length-sorted)
+    max_new_tokens: int = Field(128, ge=1)  # an answer still going here ends with finish_reason: length
     do_sample: bool = False  # greedy by default
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = None
+    temperature: float = Field(1.0, gt=0)  # with do_sample
+    top_p: float = Field(1.0, gt=0, le=1)  # with do_sample: nucleus sampling
+    top_k: int | None = None  # with do_sample: only the k likeliest tokens
     repetition_penalty: float = Field(1.0, gt=0)  # 1.0: none; > 1 discourages tokens already in prompt or answer
     seed: int | None = None  # None: the experiment's seed
 
@@ -345,14 +345,15 @@ class JudgeParams(_Section):
     mode: Literal["single", "pairwise"] = "single"
     repeats: int = Field(1, ge=1)  # judge every row this many times: the reliability card's self-consistency
     pairs: Literal["baseline", "adjacent", "all"] = "baseline"  # pairwise: which models are compared
-    pairwise_rubric: str = "params/rubrics/pairwise_ko.yaml"
+    pairwise_rubric: str = "params/rubrics/pairwise_ko.yaml"  # pairwise: for rows without a rubric of their language
+    # pairwise: the rubric of each language (meta.lang), as rubric_by_lang
     pairwise_rubric_by_lang: dict[str, str] | None = {"ko": "params/rubrics/pairwise_ko.yaml",
                                                       "en": "params/rubrics/pairwise_en.yaml"}
     rubric: str = "params/rubrics/qa_ko.yaml"  # for rows whose meta.lang has no entry in rubric_by_lang
     # A row is judged by the rubric of its language (meta.lang): a Korean rubric would mark every English
     # answer down on fluency. null or {} judges every row with `rubric`.
     rubric_by_lang: dict[str, str] | None = {"ko": "params/rubrics/qa_ko.yaml", "en": "params/rubrics/qa_en.yaml"}
-    model: str = "gpt-4o-mini"
+    model: str = "gpt-4o-mini"  # the judge model, as the server names it
     base_url: str | None = None  # any OpenAI-compatible server
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself never goes in a file
     # auto: the mode the capability probe finds (sftlab.judge.probe), falling back on 400/422 during the run
@@ -366,12 +367,12 @@ class JudgeParams(_Section):
     # reasoning models accept only their own max_completion_tokens). A small local judge can run on to its
     # context limit without one: minutes per row on CPU.
     max_tokens: int | None = Field(None, ge=1)
-    concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    concurrency: int = Field(8, ge=1)  # requests in flight at once
+    timeout_s: float = Field(60.0, gt=0)  # per request; a timeout is retried
+    max_retries: int = Field(5, ge=0)  # retries of a 429, 5xx, timeout or dropped connection
     backoff_base_s: float = Field(1.0, gt=0)  # retry n waits ~base * 2**n (jittered), or what retry-after says
     backoff_max_s: float = Field(60.0, gt=0)  # cap on any one wait, retry-after included
-    max_cost_usd: float | None = None
+    max_cost_usd: float | None = None  # no new request once this is spent; the rest stay not_judged
     prices: dict[str, dict[str, float]] = {}  # model -> {input_per_mtok, output_per_mtok}; over the built-in table
     # The OpenAI Batch API: half price, results within 24 h; a killed or re-run stage polls the batches it
     # already created (judge/batches.json) instead of paying twice.
@@ -384,8 +385,8 @@ class JudgeParams(_Section):
 class ScoreParams(_Section):
     experiments: list[ExperimentName] = []  # other experiments to compare with this one
     baseline: str | None = None  # "<experiment>/<checkpoint>" or "<checkpoint>"; default: the base model
-    bootstrap: int = Field(2000, ge=100)
-    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap: int = Field(2000, ge=100)  # bootstrap resamples per interval
+    confidence: float = Field(0.95, gt=0, lt=1)  # of every interval
     # When the judge's self-consistency (Krippendorff's α over judge.repeats passes) falls below this, the
     # score report says its ranking is not trustworthy instead of naming a winner. None: off.
     min_alpha: float | None = Field(None, ge=-1, le=1)
@@ -491,8 +492,8 @@ class ExecutorParams(JobResources):
 
 
 class Params(_Section):
-    experiment: ExperimentName
-    seed: int = 42
+    experiment: ExperimentName  # the folder outputs/<experiment>/; default: the params file's own name
+    seed: int = 42  # the experiment's seed: data split, training, sampling
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()

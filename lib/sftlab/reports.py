@@ -3,6 +3,9 @@
 `render_notebook(nb, folder)` writes `<stage>.html` (code and outputs) and `<stage>.no-input.html`
 (outputs only, for readers who want no code) into `folder` (a run's record). Figures are embedded as
 data URIs by nbconvert; text outputs are escaped by it, so model output is never interpreted as HTML.
+A report leads with its answer: the outputs of the cells tagged `lead` (the score's verdict, the infer and
+judge summaries) are shown right under the notebook's title, without their code, before the parameters
+and everything else; the executed notebook itself keeps its order.
 
 `publish_latest(pages, reports_dir, stage)` copies a run's pages to `reports/` as the stage's latest
 report, or removes the previous run's when this run rendered none (a report must not outlive its run).
@@ -34,17 +37,35 @@ def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
     import nbformat
     from nbconvert import HTMLExporter
 
+    from traitlets.config import Config
+
     reports_dir.mkdir(parents=True, exist_ok=True)
-    nb = without_widgets(nbformat.read(notebook, as_version=4))
+    nb = lead_first(without_widgets(nbformat.read(notebook, as_version=4)))
     written = []
+    hide_lead_code = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": {LEAD}}})
     for suffix, exclude_input in ((".html", False), (".no-input.html", True)):
-        exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
-                                exclude_output_prompt=exclude_input)
+        exporter = HTMLExporter(config=hide_lead_code, exclude_input=exclude_input,
+                                exclude_input_prompt=exclude_input, exclude_output_prompt=exclude_input)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
         target = reports_dir / f"{notebook.stem}{suffix}"
         atomic_write_text(target, pages.self_contained(body))
         written.append(target)
     return written
+
+
+LEAD = "lead"
+
+
+def lead_first(nb):
+    """The notebook with its cells tagged `lead` that have outputs moved up, under the title (the first cell
+    when it is Markdown): the report opens with the answer, the parameters and the work come after."""
+    leads = [c for c in nb.cells if LEAD in c.get("metadata", {}).get("tags", []) and c.get("outputs")]
+    if not leads:
+        return nb
+    rest = [c for c in nb.cells if not any(c is lead for lead in leads)]
+    at = 1 if rest and rest[0].cell_type == "markdown" else 0
+    nb.cells = rest[:at] + leads + rest[at:]
+    return nb
 
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -165,9 +186,28 @@ def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
                 text += _history(outputs, layout, stage, info["history"])
             title = f' title="{html.escape(info["error"])}"' if info.get("error") else ""
             cells.append(f'<td class="{status_class(state)}"{title}>{text}</td>')
-        cells.append(f"<td>{_problems(status, stages)}{_headline(layout)}{_comparisons(outputs, layout, studies)}</td>")
+        cells.append(f'<td class="headline">{_latest_links(outputs, layout, status, stages)}{_problems(status, stages)}'
+                     f"{_headline(layout)}{_comparisons(outputs, layout, studies)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return rows
+
+
+COMPARE_ANCHOR = "Compare-two"  # nbconvert's id of the score notebook's "## Compare two" heading
+
+
+def _latest_links(outputs: Path, layout: paths.ExperimentLayout, status: dict, stages: tuple[str, ...]) -> str:
+    """Links to the experiment's latest report (the stage that ran last and left one) and to its comparison
+    (the compare view of its score report)."""
+    runs = [(info.get("started") or "", stage) for stage, info in (status.get("stages") or {}).items()
+            if stage in stages and isinstance(info, dict) and layout.report(stage).exists()]
+    links = []
+    if runs:
+        stage = max(runs)[1]
+        links.append(f'<a href="{_href(outputs, layout.report(stage))}">latest report ({html.escape(stage)})</a>')
+    score = layout.report("score")
+    if score.exists():
+        links.append(f'<a href="{_href(outputs, score)}#{COMPARE_ANCHOR}">comparison</a>')
+    return f'<div class="links">{" · ".join(links)}</div>' if links else ""
 
 
 def _problems(status: dict, stages: tuple[str, ...]) -> str:
@@ -209,6 +249,8 @@ def build_index(outputs: Path | None = None) -> Path:
 body {{ font-family: system-ui, "Noto Sans KR", "Apple SD Gothic Neo", sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: left; }}
 td {{ white-space: nowrap; vertical-align: top; }} details {{ font-size: .85em; }} ol {{ margin: .2em 0; }}
+td.headline {{ white-space: normal; overflow-wrap: anywhere; min-width: 22em; max-width: 48em; }}
+.links {{ margin-bottom: .3em; }}
 .done {{ background: #e6f4e6; }} .failed {{ background: #fbe3e3; }} .running {{ background: #fff5d6; }}
 .not-run {{ color: #999; }} .done-with-errors {{ background: #fde9cf; }}
 .queued, .interrupted {{ background: #eef2fb; }} .cancelled {{ color: #999; background: #f3f3f3; }}

@@ -2,7 +2,7 @@
 
 Servers differ in what they do with `response_format`, and a status code does not tell which: OpenAI
 enforces a json_schema, llama.cpp's server may answer one with HTTP 500, `transformers serve` answers 200
-and ignores it (README, "Judge servers"). So `plan` asks, when the OpenAI backend has rows to judge:
+and ignores it (docs/judge-servers.md). So `plan` asks, when the OpenAI backend has rows to judge:
 
     for mode in json_schema, json_object, prompt:
         one tiny rubric request (PROBE_RUBRIC: one criterion, "What is 2 + 2?") in that mode
