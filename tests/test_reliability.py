@@ -166,15 +166,15 @@ def test_the_labelling_form_saves_what_is_chosen(outputs, mode):
     prepare(outputs, n=2)
     params = make_params(None, backend="reference", mode=mode)
     form = labels.widget(params, n=2, labeller="synthetic-fixture")
-    who, text, controls, save, status = form.children
-    assert "Question" in text.value and ("Answer B" in text.value) == (mode == "pairwise")
-    control = controls.children[0]
-    control.value = "B>A" if mode == "pairwise" else control.max
-    save.click()
-    assert status.value.startswith("saved ")
+    assert "Question" in form.view["html"] and ("Answer B" in form.view["html"]) == (mode == "pairwise")
+    [criterion, *_] = form.view["criteria"]
+    chosen = -1 if mode == "pairwise" else criterion["options"][-1]["value"]
+    for each in form.view["criteria"]:
+        form.choose(each["key"], chosen)
+    assert form.save() and form.status.startswith("saved ")
     [(key, row)] = labels.latest(params.layout).items()
     assert row["labeller"] == "synthetic-fixture"
-    assert row["scores"][control.description] == (-1 if mode == "pairwise" else control.max)
+    assert row["scores"][criterion["key"]] == chosen
     assert ("~" in key[0]) == (mode == "pairwise")
 
 

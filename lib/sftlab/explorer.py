@@ -129,7 +129,7 @@ def table(frame: pd.DataFrame, text: Iterable[str] = (), filters: Iterable[str] 
                                   "initCollapsed": True, "layout": f"columns-{min(3, len(filters))}",
                                   "dtOpts": {"select": {"style": "multi"}}}
     body = itables.to_html_datatable(shown, caption=escape(caption) if caption else None, **options)
-    return Table(STYLE + pages.korean_box(body))
+    return Table(STYLE + pages.box(body))
 
 
 def generations(frame: pd.DataFrame) -> Table:

@@ -1,14 +1,16 @@
 """Human labels: a person's scores for a sample of rows, to see how well the judge agrees.
 
     labels.sample(params, n=20)                  # rows to label: stratified by checkpoint and language
-    labels.widget(params, n=20, labeller="kim")  # in Jupyter: label them one by one (ipywidgets)
+    labels.sample(params, n=20, order="disagreements")  # rows where the judge is least sure first
+    labels.widget(params, n=20)                  # in Jupyter: label them one by one (sftlab.label_form)
     labels.import_file(params, "my_labels.csv")  # or import a CSV / JSONL file of labels
     labels.agreement(params.layout, judge_scores, ...)  # judge vs human, for the reliability card
 
 Stored append-only in `outputs/<exp>/labels/labels.jsonl` (sftlab.jsonl), one row per label: `id`,
 `checkpoint`, `scores` {criterion key: integer on the rubric's scale}, `labeller` (free text), `source`
-(widget or the imported file) and `labelled_at`. A label can be revised: the latest row per
-(checkpoint, id) wins. A file to import has one row per labelled answer with the columns `id`,
+(widget or the imported file), `labelled_at` and, from the form, `picked` (how the answer came to be shown:
+`stratified`, `disagreements` or `reopened`). A label can be revised: the latest row per (checkpoint, id) wins.
+The form remembers each person's name in `labels/labellers.json` (keyed by the login name). A file to import has one row per labelled answer with the columns `id`,
 `checkpoint`, optionally `labeller`, and one column per criterion key (e.g. `accuracy`) holding the score;
 a bad row is reported with its file, line and field, and nothing of that file is imported.
 
@@ -16,6 +18,13 @@ Pairwise labels (`judge.mode: pairwise`) compare two answers: `checkpoint` is `<
 as in the judge's files) and `scores` is {"verdict": -2..2} from A's side; a file gives `id`, `first`,
 `second` and `verdict` (A>>B, A>B, A=B, B>A, B>>A or -2..2). Agreement is then the raw share of pairs where
 judge and person name the same winner or both a tie (`pairwise_agreement`).
+
+Orders (`ORDERS`): `stratified` draws round robin over (checkpoint, language), then shuffles the draw with the seed
+so that checkpoints come in no telling sequence. `disagreements` first puts the rows where a few labels buy the
+most information (`disagreements`): judge passes (`judge.repeats`) that score a criterion 2 or more points apart,
+a judge that scores well (overall >= 0.6) an answer that did not stop or repeats itself (seq-rep-4 >= 0.2), and
+answers whose pairwise judgments flipped with the order of the two answers; then the stratified rest. Such a
+sample over-represents hard rows: the agreement measured on it is a pessimistic estimate of the judge's.
 """
 
 from __future__ import annotations
@@ -37,7 +46,12 @@ from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, pair_name
 from sftlab.judge.store import SCORE_PREFIX
 
 LABELS_FILE = "labels.jsonl"
-RESERVED = ("id", "checkpoint", "labeller", "source", "labelled_at", "scores", "first", "second", "verdict")
+LABELLERS_FILE = "labellers.json"  # login name -> the name its person labels under
+RESERVED = ("id", "checkpoint", "labeller", "source", "labelled_at", "scores", "first", "second", "verdict", "picked")
+ORDERS = ("stratified", "disagreements")
+PASS_SPREAD = 2  # points on a criterion's scale between two passes of the judge: not noise on a 1-5 scale
+HIGH_OVERALL = 0.6  # the rubric's weighted mean (0-1) from which a judge calls an answer good
+REPETITIVE = 0.2  # seq-rep-4: a fifth of the answer's 4-grams repeat (fluent text is near 0)
 
 
 class LabelsError(ValueError):
@@ -58,9 +72,44 @@ def _now() -> str:
 
 
 def add(layout: paths.ExperimentLayout, checkpoint: str, sample_id: str, scores: dict[str, int], labeller: str,
-        source: str = "widget") -> None:
-    jsonl.append_rows(labels_file(layout), [{"id": str(sample_id), "checkpoint": checkpoint, "scores": scores,
-                                             "labeller": labeller, "source": source, "labelled_at": _now()}])
+        source: str = "widget", picked: str | None = None) -> None:
+    row = {"id": str(sample_id), "checkpoint": checkpoint, "scores": scores, "labeller": labeller, "source": source,
+           "labelled_at": _now()}
+    jsonl.append_rows(labels_file(layout), [row if picked is None else {**row, "picked": picked}])
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "default"
+
+
+def remembered_labeller(layout: paths.ExperimentLayout) -> str:
+    """The name this login last labelled under in this experiment ('' if none)."""
+    path = layout.labels / LABELLERS_FILE
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get(_login(), ""))
+    except (FileNotFoundError, ValueError, AttributeError):
+        return ""
+
+
+def remember_labeller(layout: paths.ExperimentLayout, name: str) -> None:
+    """Keep `name` as this login's labeller name (not a secret: it is written into every label anyway)."""
+    from sftlab.config import atomic_write_text
+
+    path = layout.labels / LABELLERS_FILE
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+        names = names if isinstance(names, dict) else {}
+    except (FileNotFoundError, ValueError):
+        names = {}
+    if names.get(_login()) == name:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({**names, _login(): name}, ensure_ascii=False, indent=1) + "\n")
 
 
 def import_file(params: Params, path: str | Path, criteria: list[str] | None = None) -> int:
@@ -128,49 +177,48 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
     return len(rows)
 
 
-def sample(params: Params, n: int = 20, seed: int | None = None) -> list:
-    """`n` generation rows to label, stratified by checkpoint and language (round robin over the strata,
-    each shuffled with the seed), skipping rows already labelled."""
+def disagreements(params: Params) -> dict[tuple[str, str], list[str]]:
+    """(checkpoint, id) -> why a label there is worth most: the judge's passes disagree, the judge and the
+    termination or repetition metrics conflict, or pairwise orders flipped. Pairs are keyed by (`a~b`, id) with
+    a < b. Rows without a reason are absent."""
     from sftlab.infer import store
+    from sftlab.judge import store as judgments
 
-    done = set(latest(params.layout))
-    strata: dict[tuple, list] = {}
-    for row in store.read_generations(params.layout.generations):
-        if (row.checkpoint, row.id) not in done:
-            strata.setdefault((row.checkpoint, row.meta.get("lang")), []).append(row)
-    rng = random.Random(params.seed if seed is None else seed)
-    for rows in strata.values():
-        rng.shuffle(rows)
-    picked, queues = [], [list(rows) for _, rows in sorted(strata.items(), key=lambda kv: str(kv[0]))]
-    while len(picked) < n and any(queues):
-        for queue in queues:
-            if queue and len(picked) < n:
-                picked.append(queue.pop())
-    return picked
+    reasons: dict[tuple[str, str], list[str]] = {}
+    passes: dict[tuple[str, str], list] = {}
+    for (checkpoint, sample_id, _), row in judgments.latest_rows(params.layout.judge).items():
+        if row.status == "judged":
+            passes.setdefault((checkpoint, sample_id), []).append(row)
+    generated = {(row.checkpoint, row.id): row for row in store.read_generations(params.layout.generations)}
+    for key, rows in passes.items():
+        scores = [row.scores or {} for row in rows]
+        if any(max(s.get(c, 0) for s in scores) - min(s.get(c, 0) for s in scores) >= PASS_SPREAD
+               for c in set().union(*scores) if all(c in s for s in scores)):
+            reasons.setdefault(key, []).append("judge passes disagree")
+        overall = [row.overall for row in rows if row.overall is not None]
+        answer = generated.get(key)
+        if answer is not None and overall and sum(overall) / len(overall) >= HIGH_OVERALL:
+            if answer.finish_reason == "length" or float(getattr(answer, "seq_rep_4", 0) or 0) >= REPETITIVE:
+                reasons.setdefault(key, []).append("judged good, yet it did not stop or repeats itself")
+    verdicts: dict[tuple, list[int]] = {}
+    for row in judgments.latest_rows(params.layout.judge / "pairwise").values():
+        if row.status == "judged" and row.scores and CRITERION in row.scores:
+            first, _, second = row.checkpoint.partition(PAIR_SEPARATOR)
+            from_a = row.scores[CRITERION] * (1 if first < second else -1)
+            verdicts.setdefault((min(first, second), max(first, second), row.id), []).append(from_a)
+    for (a, b, sample_id), values in verdicts.items():
+        if min(values) < 0 < max(values):  # the orders (or passes) name different winners
+            for key in ((a, sample_id), (b, sample_id), (pair_name(a, b), sample_id)):
+                reasons.setdefault(key, []).append("pairwise orders flipped")
+    return reasons
 
 
-def sample_pairs(params: Params, n: int = 20, seed: int | None = None) -> list[tuple]:
-    """`n` (first, second) generation-row pairs to compare, from the pairs `judge.pairs` selects, round
-    robin over the pairs of models; which answer is shown first is drawn at random (no position cue)."""
-    from sftlab.infer import store
-    from sftlab.judge.pairwise import model_pairs
-    from sftlab.judge.stage import pairwise_baseline
+def _check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
 
-    by_model: dict[str, dict[str, Any]] = {}
-    for row in store.read_generations(params.layout.generations):
-        by_model.setdefault(row.checkpoint, {})[row.id] = row
-    done = {(pair, sample_id) for pair, sample_id in latest(params.layout) if PAIR_SEPARATOR in pair}
-    rng = random.Random(params.seed if seed is None else seed)
-    queues = []
-    for a, b in model_pairs(list(by_model), params.judge.pairs, pairwise_baseline(params)):
-        shared = [i for i in by_model[a] if i in by_model[b]]
-        rng.shuffle(shared)
-        queue = []
-        for sample_id in shared:
-            first, second = (a, b) if rng.random() < 0.5 else (b, a)
-            if (pair_name(first, second), sample_id) not in done and (pair_name(second, first), sample_id) not in done:
-                queue.append((by_model[first][sample_id], by_model[second][sample_id]))
-        queues.append(queue)
+
+def _round_robin(queues: list[list], n: int) -> list:
     picked = []
     while len(picked) < n and any(queues):
         for queue in queues:
@@ -179,64 +227,79 @@ def sample_pairs(params: Params, n: int = 20, seed: int | None = None) -> list[t
     return picked
 
 
-def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = None):
-    """An ipywidgets form: one row at a time (question, reference, answer), a slider per criterion of its
-    rubric, Save & next; in pairwise mode two answers and a verdict. Each save appends a label."""
-    import ipywidgets as w
+def sample(params: Params, n: int = 20, seed: int | None = None, order: str = "stratified") -> list:
+    """`n` generation rows to label, skipping rows already labelled: stratified by checkpoint and language (round
+    robin over the strata, each shuffled with the seed), then shuffled so that no checkpoint comes in a telling
+    sequence; with `order="disagreements"`, the rows `disagreements` names come first."""
+    from sftlab.infer import store
+
+    _check_order(order)
+    done = set(latest(params.layout))
+    rng = random.Random(params.seed if seed is None else seed)
+    rows = [row for row in store.read_generations(params.layout.generations) if (row.checkpoint, row.id) not in done]
+    first: list = []
+    if order == "disagreements":
+        worth = disagreements(params)
+        first = [row for row in rows if (row.checkpoint, row.id) in worth]
+        rng.shuffle(first)
+        first.sort(key=lambda row: -len(worth[(row.checkpoint, row.id)]))  # stable: most reasons first
+        first = first[:n]
+        rows = [row for row in rows if (row.checkpoint, row.id) not in worth]
+    strata: dict[tuple, list] = {}
+    for row in rows:
+        strata.setdefault((row.checkpoint, row.meta.get("lang")), []).append(row)
+    for stratum in strata.values():
+        rng.shuffle(stratum)
+    rest = _round_robin([list(rows) for _, rows in sorted(strata.items(), key=lambda kv: str(kv[0]))], n - len(first))
+    rng.shuffle(rest)
+    return first + rest
+
+
+def sample_pairs(params: Params, n: int = 20, seed: int | None = None, order: str = "stratified") -> list[tuple]:
+    """`n` (first, second) generation-row pairs to compare, from the pairs `judge.pairs` selects, round
+    robin over the pairs of models, then shuffled; which answer is shown first is drawn at random (no position
+    cue). With `order="disagreements"`, pairs whose judgments flipped with the order come first."""
+    from sftlab.infer import store
+    from sftlab.judge.pairwise import model_pairs
+    from sftlab.judge.stage import pairwise_baseline
+
+    _check_order(order)
+    by_model: dict[str, dict[str, Any]] = {}
+    for row in store.read_generations(params.layout.generations):
+        by_model.setdefault(row.checkpoint, {})[row.id] = row
+    done = {(pair, sample_id) for pair, sample_id in latest(params.layout) if PAIR_SEPARATOR in pair}
+    worth = disagreements(params) if order == "disagreements" else {}
+    rng = random.Random(params.seed if seed is None else seed)
+    queues, first = [], []
+    for a, b in model_pairs(list(by_model), params.judge.pairs, pairwise_baseline(params)):
+        shared = [i for i in by_model[a] if i in by_model[b]]
+        rng.shuffle(shared)
+        queue = []
+        for sample_id in shared:
+            left, right = (a, b) if rng.random() < 0.5 else (b, a)
+            if (pair_name(left, right), sample_id) not in done and (pair_name(right, left), sample_id) not in done:
+                pair = (by_model[left][sample_id], by_model[right][sample_id])
+                flagged = (pair_name(min(a, b), max(a, b)), sample_id) in worth
+                (first if flagged else queue).append(pair)
+        queues.append(queue)
+    rng.shuffle(first)
+    first = first[:n]
+    rest = _round_robin(queues, n - len(first))
+    rng.shuffle(rest)
+    return first + rest
+
+
+def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = None, order: str = "stratified"):
+    """The labelling form (`sftlab.label_form.LabelForm`), displayed: `n` answers (pairs in pairwise mode) drawn by
+    `sample` / `sample_pairs` in `order`, blind to the checkpoint. `labeller` sets the name to label under (kept
+    for the next run); '' keeps the remembered one."""
     from IPython.display import display
 
-    from sftlab.judge.rubric import load_rubric
-    from sftlab.judge.stage import rubric_path
+    from sftlab.label_form import LabelForm
 
     pairwise_mode = params.judge.mode == "pairwise"
-    rows = sample_pairs(params, n, seed) if pairwise_mode else sample(params, n, seed)
-    state = {"index": 0}
-    who = w.Text(value=labeller, description="labeller")
-    text = w.HTML()
-    sliders = w.VBox()
-    status = w.HTML()
-    save = w.Button(description="Save & next", button_style="primary")
-
-    def show() -> None:
-        if state["index"] >= len(rows):
-            text.value, sliders.children = "<b>All sampled rows are labelled.</b>", ()
-            save.disabled = True
-            return
-        import html
-
-        item = rows[state["index"]]
-        row = item[0] if pairwise_mode else item
-        question = "\n".join(m["content"] for m in row.prompt if m.get("role") == "user")
-        head = (f"<p><b>{html.escape(row.id)}</b> ({state['index'] + 1} of {len(rows)})</p>"
-                f"<p><b>Question</b><br>{html.escape(question)}</p><p><b>Reference</b><br>{html.escape(row.reference)}</p>")
-        if pairwise_mode:  # the models stay hidden: the verdict is on the answers alone
-            text.value = head + "".join(f"<p><b>Answer {side}</b><br>{html.escape(answer.output)}</p>"
-                                        for side, answer in zip("AB", item))
-            sliders.children = (w.Dropdown(options=list(VERDICTS), value="A=B", description=CRITERION),)
-            return
-        rubric = load_rubric(rubric_path(params.judge, row))
-        text.value = head + (f"<p><b>Answer</b> of {html.escape(row.checkpoint)} ({html.escape(row.finish_reason)})"
-                             f"<br>{html.escape(row.output)}</p>")
-        sliders.children = tuple(w.IntSlider(value=c.scale[0], min=c.scale[0], max=c.scale[1], description=c.key,
-                                             tooltip=c.description) for c in rubric.criteria)
-
-    def on_save(_) -> None:
-        item = rows[state["index"]]
-        if pairwise_mode:
-            first, second = item
-            checkpoint, sample_id = pair_name(first.checkpoint, second.checkpoint), first.id
-            scores = {CRITERION: VERDICTS[sliders.children[0].value]}
-        else:
-            checkpoint, sample_id = item.checkpoint, item.id
-            scores = {s.description: s.value for s in sliders.children}
-        add(params.layout, checkpoint, sample_id, scores, who.value.strip() or "unknown")
-        status.value = f"saved {checkpoint}/{sample_id}"
-        state["index"] += 1
-        show()
-
-    save.on_click(on_save)
-    show()
-    form = w.VBox([who, text, sliders, save, status])
+    items = sample_pairs(params, n, seed, order) if pairwise_mode else sample(params, n, seed, order)
+    form = LabelForm(params, items, labeller=labeller, picked=order)
     display(form)
     return form
 

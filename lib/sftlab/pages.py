@@ -11,6 +11,14 @@ a machine without Korean fonts.
   font when it has one) ending in an embedded web font: NanumGothic (shipped with `koreanize-matplotlib`, the
   figures' font) cut down to the Hangul and CJK characters the page holds, so the page carries tens of kilobytes
   of font, not megabytes.
+
+The one sftlab style (`rules`: font stacks for text and code, the tables' look) is used by every HTML sftlab
+emits, at one of three scopes:
+- a whole page (`self_contained`: the reports; `:root` and `body`);
+- a fragment shown inside Jupyter (`box`: the explorer's tables, the rubric, the labelling form), where the page is
+  JupyterLab's own: the fragment carries its own cut of the font under a family name of its own, scoped to its box,
+  so nothing leaks into JupyterLab's interface and boxes never override each other's glyphs;
+- a page that is also shown inline in Jupyter (`styled`: the train label audit), scoped to its root element.
 """
 
 from __future__ import annotations
@@ -73,12 +81,15 @@ def _cmap() -> frozenset[int]:
 
 def font_face(codepoints: set[int], family: str = FONT_FAMILY) -> str:
     """An @font-face rule with NanumGothic cut to `codepoints` (WOFF, base64 data URI); '' when none is needed."""
+    wanted = frozenset(c for c in codepoints if c in _cmap())
+    return _font_face(wanted, family) if wanted else ""
+
+
+@functools.lru_cache(maxsize=64)  # the labelling form asks again for each answer it shows again
+def _font_face(wanted: frozenset[int], family: str) -> str:
     from fontTools import subset
 
     logging.getLogger("fontTools").setLevel(logging.ERROR)  # it warns of every table it drops
-    wanted = sorted(c for c in codepoints if c in _cmap())
-    if not wanted:
-        return ""
     options = subset.Options()
     options.flavor = "woff"
     options.layout_features = ["*"]
@@ -86,7 +97,7 @@ def font_face(codepoints: set[int], family: str = FONT_FAMILY) -> str:
     options.notdef_outline = True
     font = subset.load_font(str(font_file()), options)
     subsetter = subset.Subsetter(options)
-    subsetter.populate(unicodes=wanted)
+    subsetter.populate(unicodes=sorted(wanted))
     subsetter.subset(font)
     buffer = io.BytesIO()
     subset.save_font(font, buffer, options)
@@ -96,34 +107,75 @@ def font_face(codepoints: set[int], family: str = FONT_FAMILY) -> str:
             f'src: url(data:font/woff;base64,{data}) format("woff"); unicode-range: {ranges}; }}\n')
 
 
+def stacks(family: str = FONT_FAMILY) -> tuple[str, str]:
+    """(text, code) font stacks ending in the embedded font `family`."""
+    if family == FONT_FAMILY:
+        return TEXT_STACK, CODE_STACK
+    return (TEXT_STACK.replace(f'"{FONT_FAMILY}"', f'"{family}"'), CODE_STACK.replace(f'"{FONT_FAMILY}"', f'"{family}"'))
+
+
+def rules(scope: str, family: str = FONT_FAMILY, monospace: bool = False) -> str:
+    """The one sftlab style for the elements under the CSS selector `scope`: text in the text stack (the code stack
+    when `monospace`), code in the code stack, form controls and tables inheriting it; both stacks end in the
+    embedded font `family`."""
+    text, code = stacks(family)
+    under = lambda *selectors: ", ".join(f"{scope} {s}" for s in selectors)  # noqa: E731
+    return (f"{scope} {{ font-family: {code if monospace else text}; }}\n"
+            f"{under('pre', 'code', 'kbd', 'samp')} {{ font-family: {code}; }}\n"
+            f"{under('input', 'select', 'textarea', 'button', 'table', '.dt-container')} {{ font-family: inherit; }}\n"
+            f"{under('table.sftlab-table')} {{ border-collapse: collapse; margin: .3em 0; }}\n"
+            f"{under('table.sftlab-table th', 'table.sftlab-table td')} {{ border: 1px solid #ddd; padding: .25em .5em; "
+            "text-align: left; vertical-align: top; }\n"
+            f"{under('table.sftlab-table th')} {{ background: #f4f4f4; }}\n")
+
+
 def style(page: str) -> str:
     """The `<style>` element that self_contained adds: the embedded font for this page and the font stacks."""
     return (f'<style id="sftlab-fonts">\n{font_face(characters(page))}'
             f":root {{ --jp-ui-font-family: {TEXT_STACK}; --jp-content-font-family: {TEXT_STACK}; "
             f"--jp-code-font-family: {CODE_STACK}; }}\n"
-            f"body, table.dataTable, .dt-container {{ font-family: {TEXT_STACK}; }}\n"
-            f"pre, code, kbd, samp {{ font-family: {CODE_STACK}; }}\n"
-            "input, select, textarea, button { font-family: inherit; }\n</style>")
+            + rules("body") + "</style>")
+
+
+def _family(codepoints: set[int]) -> str:
+    """A family name per set of characters: two boxes share a name only when they carry the same font cut."""
+    return f"{FONT_FAMILY} {hashlib.sha1(','.join(map(str, sorted(codepoints))).encode()).hexdigest()[:10]}"
+
+
+def scoped_style(fragment: str, scope: str, monospace: bool = False) -> str:
+    """A `<style>` for the elements under `scope`: the shared rules and NanumGothic cut to the Korean `fragment`
+    holds, under a family name of its own (so that it overrides no other box's font)."""
+    codepoints = characters(fragment)
+    family = _family(codepoints)
+    return f"<style>{font_face(codepoints, family)}{rules(scope, family, monospace)}</style>"
+
+
+def box(fragment: str, monospace: bool = False) -> str:
+    """`fragment` in a box that carries the sftlab style and its own cut of NanumGothic for the Korean it holds: a
+    notebook open in Jupyter, which has no page-level font of ours, draws its Hangul on a machine without Korean
+    fonts too."""
+    name = "sftlab-box-" + _family(characters(fragment)).rsplit(" ", 1)[1] + ("-mono" if monospace else "")
+    return f'<div class="sftlab-box {name}">{scoped_style(fragment, "." + name, monospace)}{fragment}</div>'
+
+
+def styled(page: str, scope: str, monospace: bool = False) -> str:
+    """A whole page (`<head>` and all) with the shared style scoped to `scope`, for a page that is also shown
+    inline in Jupyter, where page-level rules (`body`, `:root`) would restyle JupyterLab itself."""
+    fonts = scoped_style(page, scope, monospace)
+    head_end = page.lower().rfind("</head>")
+    return fonts + page if head_end < 0 else page[:head_end] + fonts + page[head_end:]
+
+
+class Html(str):
+    """HTML that Jupyter displays as HTML and that prints as itself (a plain string)."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
 
 
 def _remote_imports(page: str) -> list[str]:
     """Inline scripts that import modules from the network (nbconvert's Mermaid loader does, from cdnjs)."""
     return [m.group(0) for m in _INLINE_SCRIPT.finditer(page) if _REMOTE_IMPORT.search(m.group(1))]
-
-
-def korean_box(fragment: str) -> str:
-    """`fragment` (a table's HTML) in a box that carries its own cut of NanumGothic for the Korean it holds: a
-    notebook open in Jupyter, which has no page-level font of ours, draws its Hangul on a machine without
-    Korean fonts too. Each box's font has its own family name, so boxes never override each other's glyphs."""
-    codepoints = characters(fragment)
-    if not codepoints:
-        return fragment
-    key = hashlib.sha1(",".join(map(str, sorted(codepoints))).encode()).hexdigest()[:10]
-    family, box = f"{FONT_FAMILY} {key}", f"sftlab-ko-{key}"
-    stack = TEXT_STACK.replace(", sans-serif", f', "{family}", sans-serif')
-    return (f'<div class="{box}"><style>{font_face(codepoints, family)}'
-            f".{box}, .{box} table, .{box} input, .{box} .dt-container {{ font-family: {stack}; }}</style>"
-            f"{fragment}</div>")
 
 
 def remote_resources(page: str) -> list[str]:

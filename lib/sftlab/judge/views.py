@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import pandas as pd
 
+from sftlab import pages
 from sftlab.judge.rubric import Rubric
 from sftlab.judge.store import SCORE_PREFIX
 from sftlab.checkpoints import checkpoint_order
@@ -21,6 +23,15 @@ def rubric_frame(rubric: Rubric) -> pd.DataFrame:
     return pd.DataFrame([{"key": c.key, "name": c.name, "scale": f"{c.scale[0]}–{c.scale[1]}",
                           "description": c.description, "reference_metric": c.reference_metric}
                          for c in rubric.criteria]).set_index("key")
+
+
+def rubric_view(rubric: Rubric, title: str = "") -> pages.Html:
+    """The rubric as the notebook shows it: its criteria as a table and its system prompt, in the sftlab style with
+    the embedded Korean font (drawn on a machine without Korean fonts, in Jupyter and in the report)."""
+    head = f"<h4>{html.escape(title)}</h4>" if title else ""
+    table = rubric_frame(rubric).to_html(classes="sftlab-table", border=0, escape=True)
+    prompt = f"<p><b>System prompt</b></p><pre class=\"sftlab-prompt\">{html.escape(rubric.system_prompt)}</pre>"
+    return pages.Html(pages.box(f'<div class="sftlab-rubric">{head}{table}{prompt}</div>'))
 
 
 def judged_by(judgments: pd.DataFrame) -> str:

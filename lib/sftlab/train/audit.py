@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from sftlab import pages
+
 IGNORE = -100
 _DISTRIBUTION_KEYS = ("fsdp", "fsdp_config", "deepspeed", "env")
 
@@ -183,7 +185,7 @@ def _weightless_trainer_class():
 
 
 _CSS = """
-.sftlab-audit { font-family: ui-monospace, "D2Coding", "Noto Sans Mono CJK KR", monospace; line-height: 1.9; }
+.sftlab-audit { line-height: 1.9; }  /* its font: the shared sftlab style, added by render_html */
 .sftlab-audit .row { border: 1px solid #ddd; padding: .4em; margin: .4em 0; white-space: pre-wrap; }
 .sftlab-audit span { border-radius: 3px; padding: 0 1px; margin: 0 1px 0 0; }
 .sftlab-audit .loss { background: #c8ecc8; }
@@ -226,10 +228,10 @@ def render_html(audit: LabelAudit) -> str:
             shown = html.escape(piece).replace("\n", "↵\n") if piece else "·"
             spans.append(f'<span class="{classes}" title="id {token_id}">{shown}</span>')
         rows.append(f'<div class="row"><b>#{number}</b> {"".join(spans)}</div>')
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>label audit</title>'
+    return pages.styled((f'<!doctype html><html><head><meta charset="utf-8"><title>label audit</title>'
             f"<style>{_CSS}</style></head><body><div class=\"sftlab-audit\">"
             f"<h3>Label audit — {html.escape(verdict)}</h3><p>{html.escape(audit.summary())}</p>"
             + _whole_set_table(audit.data)
             + f'<p><span class="loss">carries loss</span> <span class="masked">masked (-100)</span> '
             f'<span class="eot loss">answer end, supervised</span> <span class="eot masked">answer end, masked</span></p>'
-            + "".join(rows) + "</div></body></html>")
+            + "".join(rows) + "</div></body></html>"), ".sftlab-audit", monospace=True)
