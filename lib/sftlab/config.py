@@ -658,6 +658,8 @@ def validate(data: dict, sources: dict[tuple, str] | None = None, default_source
     if not problems:  # the pad token is looked up in the model's vocabulary: only once the model is fine
         pad = _pad_token_problem(params)
         problems += [(("train", "pad_token"), pad)] if pad else []
+        template = _chat_template_problem(params)
+        problems += [(("model", "chat_template"), template)] if template else []
     if problems:
         lines = [f"{_source_of(loc, sources, default_source)}: {'.'.join(loc)}: {problem}" for loc, problem in problems]
         raise ParamsError("invalid params:\n  " + "\n  ".join(lines))
@@ -712,6 +714,21 @@ def _pad_token_problem(params: Params) -> str | None:
         return None
     return (f"{choice!r} is not a token of the vocabulary of {folder}; use eos (pad = EOS), add (a dedicated "
             "pad token, embeddings resized) or a token of the vocabulary")
+
+
+def _chat_template_problem(params: Params) -> str | None:
+    """A model on disk whose tokenizer has no chat template, and no model.chat_template: conversations cannot
+    be rendered (a base model) — said here, not at the label audit."""
+    if params.model.chat_template:
+        return None
+    from sftlab import models
+
+    folder = models.local_model_folder(params.model.name_or_path)
+    if folder is None or models.has_chat_template(folder):
+        return None
+    return (f"not set, and {folder} has no chat template of its own (a base model): set model.chat_template to a "
+            "template file or its text (e.g. ChatML) so that conversations can be rendered and the end-of-turn "
+            "token found")
 
 
 def from_notebook(params_file: str | None = None, **injected: Any) -> Params:

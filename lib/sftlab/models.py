@@ -295,6 +295,22 @@ def end_of_turn_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def has_chat_template(folder: str | Path) -> bool:
+    """The tokenizer saved in `folder` has a chat template (its own file, or in tokenizer_config.json)."""
+    import json
+
+    folder = Path(folder)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return True  # not a tokenizer folder sftlab can read ahead of time: the audit will say
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (ValueError, OSError):
+        return True
+
+
 def chat_template_text(value: str | None) -> str | None:
     """`model.chat_template`: the Jinja text itself, or a file holding it (found with `paths.resolve`)."""
     if not value:
