@@ -148,6 +148,16 @@ def prepared(params, examples, model_path):
     return planned
 
 
+def audited(params, model_path, rows, **kwargs):
+    """(the training rows, the label audit of the first `rows`), as the train stage's preflight runs it."""
+    examples, _ = data.load_splits(params.data, params.seed)
+    planned = prepared(params, examples, model_path)
+    try:
+        return examples, audit.run_label_audit(planned.config_path, rows=rows, **kwargs)
+    finally:
+        train.release(planned)
+
+
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -164,12 +174,7 @@ def multi_turn_params(tmp_path, model_path, n=6, **train_settings):
 
 def test_the_label_audit_shows_every_answer_of_a_multi_turn_row_supervised(tmp_path, outputs, tiny_model_path):
     params = multi_turn_params(tmp_path, tiny_model_path)
-    examples, tests = data.load_splits(params.data, params.seed)
-    planned = prepared(params, examples, tiny_model_path)
-    try:
-        result = audit.run_label_audit(planned.config_path, rows=2, html_path=tmp_path / "audit.html")
-    finally:
-        train.release(planned)
+    examples, result = audited(params, tiny_model_path, rows=2, html_path=tmp_path / "audit.html")
     row = result.rows[0]
     text = "".join(p for p, s in zip(row.pieces, row.supervised) if s)
     assert all(answer in text for answer in ANSWERS)  # the first and second answers carry loss too
@@ -181,12 +186,7 @@ def test_the_label_audit_shows_every_answer_of_a_multi_turn_row_supervised(tmp_p
 
 def test_the_audit_reports_the_whole_set_not_only_the_audited_rows(tmp_path, outputs, tiny_model_path):
     params = load_params(tiny_params(tmp_path, tiny_model_path, max_length=60, overlong="drop"))
-    examples, _ = data.load_splits(params.data, params.seed)
-    planned = prepared(params, examples, tiny_model_path)
-    try:
-        result = audit.run_label_audit(planned.config_path, rows=4)
-    finally:
-        train.release(planned)
+    examples, result = audited(params, tiny_model_path, rows=4)
     assert result.data.rows == len(examples)
     assert result.data.trained + sum(result.data.dropped.values()) == len(examples)
     assert result.data.dropped["longer than max_length (overlong: drop)"] > 0
@@ -233,13 +233,7 @@ def test_a_model_without_a_chat_template_trains_with_model_chat_template(tmp_pat
     raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     raw["model"]["chat_template"] = str(template)
     file.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    params = load_params(file)
-    examples, _ = data.load_splits(params.data, params.seed)
-    planned = prepared(params, examples, bare)
-    try:
-        result = audit.run_label_audit(planned.config_path, rows=2)
-    finally:
-        train.release(planned)
+    _, result = audited(load_params(file), bare, rows=2)
     assert result.ok and result.end_of_turn == "<|im_end|>"
 
 
