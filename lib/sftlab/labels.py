@@ -21,10 +21,8 @@ judge and person name the same winner or both a tie (`pairwise_agreement`).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +30,19 @@ import numpy as np
 import pandas as pd
 
 from sftlab import jsonl, paths
+from sftlab.clock import utc_now
 from sftlab.config import Params
-from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, pair_name
+from sftlab.infer import store
+from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, model_pairs, pair_name
+from sftlab.judge.rubric import load_rubric
+from sftlab.judge.stage import pairwise_baseline, rubric_path
+from sftlab.errors import SftlabError
 
 LABELS_FILE = "labels.jsonl"
 RESERVED = ("id", "checkpoint", "labeller", "source", "labelled_at", "scores", "first", "second", "verdict")
 
 
-class LabelsError(ValueError):
+class LabelsError(SftlabError, ValueError):
     """A label file that cannot be imported; the message names the file, line and field."""
 
 
@@ -52,20 +55,14 @@ def latest(layout: paths.ExperimentLayout) -> dict[tuple[str, str], dict[str, An
     return {(row["checkpoint"], str(row["id"])): row for row in jsonl.read_rows(labels_file(layout))}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def add(layout: paths.ExperimentLayout, checkpoint: str, sample_id: str, scores: dict[str, int], labeller: str,
         source: str = "widget") -> None:
     jsonl.append_rows(labels_file(layout), [{"id": str(sample_id), "checkpoint": checkpoint, "scores": scores,
-                                             "labeller": labeller, "source": source, "labelled_at": _now()}])
+                                             "labeller": labeller, "source": source, "labelled_at": utc_now()}])
 
 
 def import_file(params: Params, path: str | Path, criteria: list[str] | None = None) -> int:
     """Import labels from a CSV or JSONL file; return how many. Checks every row before writing any."""
-    from sftlab.infer import store
-
     path = Path(path)
     if not path.exists():
         raise LabelsError(f"{path}: file not found")
@@ -96,7 +93,7 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
                 continue
             rows.append({"id": str(row["id"]), "checkpoint": row["checkpoint"],
                          "scores": {CRITERION: VERDICTS[verdict] if verdict in VERDICTS else int(verdict)},
-                         "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
+                         "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": utc_now()})
             continue
         key = (str(row["checkpoint"]), str(row["id"]))
         if key not in known:
@@ -119,7 +116,7 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
             problems.append(f"{where}: no score (expected a column per criterion key)")
             continue
         rows.append({"id": key[1], "checkpoint": key[0], "scores": scores,
-                     "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
+                     "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": utc_now()})
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise LabelsError("labels not imported:\n  " + "\n  ".join(problems[:20]) + more)
@@ -130,8 +127,6 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
 def sample(params: Params, n: int = 20, seed: int | None = None) -> list:
     """`n` generation rows to label, stratified by checkpoint and language (round robin over the strata,
     each shuffled with the seed), skipping rows already labelled."""
-    from sftlab.infer import store
-
     done = set(latest(params.layout))
     strata: dict[tuple, list] = {}
     for row in store.read_generations(params.layout.generations):
@@ -151,10 +146,6 @@ def sample(params: Params, n: int = 20, seed: int | None = None) -> list:
 def sample_pairs(params: Params, n: int = 20, seed: int | None = None) -> list[tuple]:
     """`n` (first, second) generation-row pairs to compare, from the pairs `judge.pairs` selects, round
     robin over the pairs of models; which answer is shown first is drawn at random (no position cue)."""
-    from sftlab.infer import store
-    from sftlab.judge.pairwise import model_pairs
-    from sftlab.judge.stage import pairwise_baseline
-
     by_model: dict[str, dict[str, Any]] = {}
     for row in store.read_generations(params.layout.generations):
         by_model.setdefault(row.checkpoint, {})[row.id] = row
@@ -183,9 +174,6 @@ def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = N
     rubric, Save & next; in pairwise mode two answers and a verdict. Each save appends a label."""
     import ipywidgets as w
     from IPython.display import display
-
-    from sftlab.judge.rubric import load_rubric
-    from sftlab.judge.stage import rubric_path
 
     pairwise_mode = params.judge.mode == "pairwise"
     rows = sample_pairs(params, n, seed) if pairwise_mode else sample(params, n, seed)

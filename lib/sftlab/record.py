@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+from sftlab.files import atomic_write_text
+
 PROBLEMS_FILE = "problems.json"
 RUN_ENV = "SFTLAB_RUN"
 
@@ -31,8 +33,6 @@ def note_problem(text: str) -> None:
         return
     problems = read_problems(run)
     if text not in problems:
-        from sftlab.config import atomic_write_text
-
         atomic_write_text(run / PROBLEMS_FILE, json.dumps(problems + [text], indent=2, ensure_ascii=False) + "\n")
 
 

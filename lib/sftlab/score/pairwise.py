@@ -74,7 +74,7 @@ def battles(experiments: list[str], samples: pd.DataFrame) -> pd.DataFrame:
     records = []
     for experiment in experiments:
         layout = paths.ExperimentLayout.of(experiment)
-        for (pair, sample_id, repeat), row in judgments_store.latest_rows(layout.judge / "pairwise").items():
+        for (pair, sample_id, repeat), row in judgments_store.latest_rows(layout.pairwise_judge).items():
             first, _, second = pair.partition(PAIR_SEPARATOR)
             records.append({"experiment": experiment, "id": sample_id, "repeat": repeat,
                             "first": name(experiment, first), "second": name(experiment, second),

@@ -1,12 +1,15 @@
-"""What the score notebook shows: figures (seaborn). Korean labels render with NanumGothic, which the
-`koreanize-matplotlib` package ships: no system font and no root needed.
+"""What the score stage draws and the notebook shows: figures (seaborn), and the summary's columns in the order
+a reader wants them. Korean labels render with NanumGothic, which the `koreanize-matplotlib` package ships:
+no system font and no root needed.
 
-Each function returns the matplotlib figure and saves it when given a path.
+Each figure function returns the matplotlib figure and saves it when given a path; the score stage writes
+them (`png`) under scores/figures/, and the notebook displays those files.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,6 +18,26 @@ import seaborn as sns
 from matplotlib import font_manager
 
 FONT = "NanumGothic"
+SAVE = {"dpi": 110, "bbox_inches": "tight"}  # tight: keeps the legend placed outside the panels
+# The summary's columns as the notebook shows them; the criteria go before cost_usd (summary_view).
+SUMMARY_COLUMNS = ["experiment", "checkpoint", "n", "n_judged", "judge_errors", "not_judged", "eos_rate",
+                   "eos_rate_low", "eos_rate_high", "rep_2", "rep_4", "seq_rep_4", "distinct_2", "mean_tokens",
+                   "length_ratio", "overall", "overall_low", "overall_high"]
+
+
+def summary_view(summary: pd.DataFrame, criteria: list[str]) -> pd.DataFrame:
+    """The per-checkpoint summary with the columns a reader compares first, rounded."""
+    columns = [*SUMMARY_COLUMNS, *criteria, "cost_usd"]
+    return summary[[c for c in columns if c in summary]].round(3)
+
+
+def png(fig) -> bytes:
+    """The figure as PNG bytes (then closed): what the score stage writes."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **SAVE)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _register_korean_font() -> None:
@@ -41,7 +64,7 @@ def _save(fig, path: Path | None):
     fig.tight_layout()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend placed outside the panels
+        fig.savefig(path, **SAVE)
     return fig
 
 
