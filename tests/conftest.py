@@ -26,10 +26,11 @@ def outputs(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def server():
-    """The OpenAI-compatible test server (tests/judge_server.py) on 127.0.0.1, without faults."""
+    """The OpenAI-compatible test server (tests/judge_server.py) on 127.0.0.1, without faults (a `slow` fault
+    added later answers after 1 s)."""
     from judge_server import FakeJudgeServer
 
-    with FakeJudgeServer() as running:
+    with FakeJudgeServer(slow_s=1.0) as running:
         yield running
 
 

@@ -68,6 +68,10 @@ def test_explorer_cells_are_escaped_and_long_answers_fold():
     assert "&lt;script&gt;" in table and "&lt;img src=" in table
     assert "<details>" in table and "(400 characters)" in table
     assert '"searchPanes"' in table or "searchPanes" in table
+    # As text (what papermill logs into the terminal of `sftlab run`): one line, no markup.
+    from IPython.lib.pretty import pretty
+
+    assert pretty(table) == repr(table) == "[interactive table of 3 rows (in the notebook and its HTML report)]"
 
 
 def test_compare_puts_the_largest_score_difference_first(outputs):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from sftlab.errors import SftlabError
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftlab", description="Full fine-tuning of chat LLMs, judged.")
@@ -90,11 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from sftlab import executor, reports, runner
-    from sftlab.train import TrainLocked, UnsupervisedEOSError
-    from sftlab.config import ParamsError, load_params
+    from sftlab.config import load_params
     from sftlab.data import DataError
-    from sftlab.kernel import KernelError
-    from sftlab.models import ModelError, resolve_model
+    from sftlab.models import resolve_model
+    from sftlab.train import UnsupervisedEOSError
 
     try:
         if args.command == "run":
@@ -138,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             return import_recipe(args.recipe, args.output)
         elif args.command == "index":
             print(reports.build_index())
-    except (ParamsError, DataError, ModelError, UnsupervisedEOSError, TrainLocked, runner.StageFailed, KernelError,
-            FileNotFoundError, FileExistsError, ValueError, executor.ExecutorError) as e:
+    # DataError and UnsupervisedEOSError: by name until their modules derive them from SftlabError too.
+    except (SftlabError, DataError, UnsupervisedEOSError, FileNotFoundError, FileExistsError, ValueError,
+            executor.ExecutorError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
     return 0

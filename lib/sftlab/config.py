@@ -9,9 +9,12 @@ Loading (`load_params`):
     2. if it names `base: other.yaml` (relative to itself), load that first, recursively, and deep-merge
        this file over it (mappings merge key by key; lists and scalars replace);
     3. apply `--set dotted.key=value` overrides (values parsed as YAML: `5` is an int, `true` a bool);
-    4. validate with pydantic, then what the schema cannot see: the trainer's pass-through values as the
-       training process will parse them (sftlab.trainer_fields), whether the model exists or can be
-       fetched (sftlab.models.model_problem), the pad token against the model's vocabulary.
+    4. validate with pydantic, then what the schema cannot see (sftlab.checks): the trainer's pass-through
+       values as the training process will parse them, whether the model exists or can be fetched, the pad
+       token against the model's vocabulary, the rubric files.
+
+The allowed values of the train knobs are declared in sftlab.knobs (the training script uses them too);
+files are written through sftlab.files.
 
 `experiment` is never inherited from a base: it defaults to the loaded file's own name. Every experiment
 name (`experiment`, `score.experiments`, ...) must be a folder directly under outputs/.
@@ -25,20 +28,21 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sftlab import paths
+from sftlab import checks, paths, trainer_fields
+from sftlab.files import atomic_write_text
+from sftlab.knobs import Collator, DType, Loss, Overlong, Packing, Resume, Turns, collator_conflict
+from sftlab.errors import SftlabError
 
 TOP_LEVEL_KEYS = ("experiment", "seed", "base", "model", "data", "train", "infer", "judge", "score", "executor")
 
 
-class ParamsError(ValueError):
+class ParamsError(SftlabError, ValueError):
     """A params file (or an override) that cannot be used; the message says where and why."""
 
 
@@ -72,7 +76,6 @@ def _experiment_name(name: str) -> str:
 
 ExperimentName = Annotated[str, AfterValidator(_experiment_name)]
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: see sftlab.models.weights_dtype
 
 
 class ModelParams(_Section):
@@ -152,27 +155,6 @@ class DataParams(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return sources
-
-
-# The allowed values of the train knobs, declared once: the schema below and sftlab.train's
-# ScriptArguments both use these.
-Loss = Literal["completion", "all"]
-Packing = Literal[False, "bfd", "wrapped"]
-Collator = Literal["trl", "legacy_pad_masked"]
-Turns = Literal["all", "last"]  # which assistant turns carry loss (sftlab.train.supervision)
-Overlong = Literal["error", "drop", "keep_start", "keep_end"]  # rows longer than max_length
-PAD_TOKEN_CHOICES = ("eos", "add")  # ...or any token of the model's vocabulary
-Resume = Literal["auto", "never"] | str  # auto: the newest complete checkpoint; never; or a checkpoint path
-
-
-def collator_conflict(collator: str, padding_free: bool) -> str | None:
-    """Why `collator` cannot train padding-free batches (None if it can). Asked by the schema and, for
-    hand-written configs, by sftlab.train."""
-    if collator == "legacy_pad_masked" and padding_free:
-        return ("collator: legacy_pad_masked pads each batch and masks the pad id, but packing: bfd and "
-                "padding_free: true train padding-free (no pad tokens at all). Use packing: false or wrapped "
-                "with this collator, or collator: trl.")
-    return None
 
 
 class TrainKnobs(BaseModel):
@@ -282,24 +264,6 @@ FOREIGN_KEYS = {
                             "starts over (the old run is kept aside)",
     "hub_model_revision": "nothing: " + _NO_HUB,
 }
-
-
-# report_to values and the package each needs in the training environment.
-TRACKER_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",),
-                    "comet_ml": ("comet_ml",), "trackio": ("trackio",), "clearml": ("clearml",),
-                    "dvclive": ("dvclive",), "swanlab": ("swanlab",), "neptune": ("neptune",)}
-
-
-def tracker_problem(name: str) -> str | None:
-    """Why `report_to: name` would fail at launch (its package is not installed), or None."""
-    import importlib.util
-
-    packages = TRACKER_PACKAGES.get(name)
-    if packages is None or any(importlib.util.find_spec(p) for p in packages):
-        return None
-    return (f"{name} is not installed in this environment ({sys.prefix}), so the launch would fail: install it "
-            f"(`{Path(sys.prefix) / 'bin' / 'pip'} install {packages[0]}`) or remove it; without any tracker "
-            "sftlab still plots loss, grad_norm and learning rate from trainer_state.json (the train report)")
 
 
 def train_key_problems(train: Any) -> list[tuple[str, str]]:
@@ -518,8 +482,6 @@ class Params(_Section):
 
 def sft_config_fields() -> set[str]:
     """The trl.SFTConfig fields the train section may set (sftlab.trainer_fields: without importing trl)."""
-    from sftlab import trainer_fields
-
     return trainer_fields.names()
 
 
@@ -648,87 +610,11 @@ def validate(data: dict, sources: dict[tuple, str] | None = None, default_source
         raise ParamsError(_explain(e, data, sources, default_source, keys)) from None
     if keys:
         raise ParamsError("invalid params:\n  " + "\n  ".join(keys))
-    problems: list[tuple[tuple, str]] = _trainer_field_problems(params)
-    trackers = params.train.report_to
-    for tracker in [trackers] if isinstance(trackers, str) else trackers or []:
-        problem = tracker_problem(tracker)
-        if problem:
-            problems.append((("train", "report_to"), problem))
-    problems += _model_problems(params)
-    if not problems:  # the pad token is looked up in the model's vocabulary: only once the model is fine
-        pad = _pad_token_problem(params)
-        problems += [(("train", "pad_token"), pad)] if pad else []
-        template = _chat_template_problem(params)
-        problems += [(("model", "chat_template"), template)] if template else []
+    problems = checks.problems(params)
     if problems:
         lines = [f"{_source_of(loc, sources, default_source)}: {'.'.join(loc)}: {problem}" for loc, problem in problems]
         raise ParamsError("invalid params:\n  " + "\n  ".join(lines))
     return params
-
-
-def _trainer_field_problems(params: Params) -> list[tuple[tuple, str]]:
-    """The train section's trl.SFTConfig keys, checked as the training process's TrlParser will read them
-    (sftlab.trainer_fields): a wrong value fails here, not 30-200 s into the train stage."""
-    extra = params.train.model_extra or {}
-    if not extra:
-        return []
-    from sftlab import trainer_fields
-
-    problems = []
-    for key, value in extra.items():
-        problem = trainer_fields.problem(key, value)
-        if problem:
-            problems.append((("train", key), f"{problem} (a trl.SFTConfig field)"))
-    return problems
-
-
-def _model_problems(params: Params) -> list[tuple[tuple, str]]:
-    """A model that is neither on disk nor fetchable fails here, not a minute into the train stage."""
-    from sftlab import models
-
-    problems = []
-    problem = models.model_problem(params.model.name_or_path)
-    if problem:
-        problems.append((("model", "name_or_path"), problem))
-    try:
-        models.chat_template_text(params.model.chat_template)
-    except models.ModelError as e:
-        problems.append((("model", "chat_template"), str(e).removeprefix("model.chat_template: ")))
-    if params.judge.backend == "local":
-        problem = models.model_problem(params.judge.local_model)
-        if problem:
-            problems.append((("judge", "local_model"), problem))
-    return problems
-
-
-def _pad_token_problem(params: Params) -> str | None:
-    """A pad-token choice that is neither eos, add nor a token of the model's vocabulary — checked here
-    when the model is already on disk (otherwise the label audit checks it before training)."""
-    choice = params.train.pad_token
-    if choice in PAD_TOKEN_CHOICES:
-        return None
-    from sftlab import models
-
-    folder = models.local_model_folder(params.model.name_or_path)
-    if folder is None or choice in models.vocabulary(folder):
-        return None
-    return (f"{choice!r} is not a token of the vocabulary of {folder}; use eos (pad = EOS), add (a dedicated "
-            "pad token, embeddings resized) or a token of the vocabulary")
-
-
-def _chat_template_problem(params: Params) -> str | None:
-    """A model on disk whose tokenizer has no chat template, and no model.chat_template: conversations cannot
-    be rendered (a base model) — said here, not at the label audit."""
-    if params.model.chat_template:
-        return None
-    from sftlab import models
-
-    folder = models.local_model_folder(params.model.name_or_path)
-    if folder is None or models.has_chat_template(folder):
-        return None
-    return (f"not set, and {folder} has no chat template of its own (a base model): set model.chat_template to a "
-            "template file or its text (e.g. ChatML) so that conversations can be rendered and the end-of-turn "
-            "token found")
 
 
 def from_notebook(params_file: str | None = None, **injected: Any) -> Params:
@@ -772,23 +658,6 @@ def write_resolved(params: Params, directory: str | os.PathLike | None = None) -
     text += yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True)
     atomic_write_text(target, text)
     return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide reports from other readers
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, target)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import csv
 import json
 import math
 import random
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,15 @@ import numpy as np
 import pandas as pd
 
 from sftlab import jsonl, paths
+from sftlab.clock import utc_now
 from sftlab.config import Params
-from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, pair_name
+from sftlab.errors import SftlabError
+from sftlab.files import atomic_write_text
+from sftlab.infer import store
+from sftlab.judge import store as judgments
+from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, model_pairs, pair_name
+from sftlab.judge.rubric import load_rubric
+from sftlab.judge.stage import pairwise_baseline, rubric_path
 from sftlab.judge.store import SCORE_PREFIX
 
 LABELS_FILE = "labels.jsonl"
@@ -54,7 +60,7 @@ HIGH_OVERALL = 0.6  # the rubric's weighted mean (0-1) from which a judge calls 
 REPETITIVE = 0.2  # seq-rep-4: a fifth of the answer's 4-grams repeat (fluent text is near 0)
 
 
-class LabelsError(ValueError):
+class LabelsError(SftlabError, ValueError):
     """A label file that cannot be imported; the message names the file, line and field."""
 
 
@@ -67,14 +73,10 @@ def latest(layout: paths.ExperimentLayout) -> dict[tuple[str, str], dict[str, An
     return {(row["checkpoint"], str(row["id"])): row for row in jsonl.read_rows(labels_file(layout))}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def add(layout: paths.ExperimentLayout, checkpoint: str, sample_id: str, scores: dict[str, int], labeller: str,
         source: str = "widget", picked: str | None = None) -> None:
     row = {"id": str(sample_id), "checkpoint": checkpoint, "scores": scores, "labeller": labeller, "source": source,
-           "labelled_at": _now()}
+           "labelled_at": utc_now()}
     jsonl.append_rows(labels_file(layout), [row if picked is None else {**row, "picked": picked}])
 
 
@@ -98,8 +100,6 @@ def remembered_labeller(layout: paths.ExperimentLayout) -> str:
 
 def remember_labeller(layout: paths.ExperimentLayout, name: str) -> None:
     """Keep `name` as this login's labeller name (not a secret: it is written into every label anyway)."""
-    from sftlab.config import atomic_write_text
-
     path = layout.labels / LABELLERS_FILE
     try:
         names = json.loads(path.read_text(encoding="utf-8"))
@@ -114,8 +114,6 @@ def remember_labeller(layout: paths.ExperimentLayout, name: str) -> None:
 
 def import_file(params: Params, path: str | Path, criteria: list[str] | None = None) -> int:
     """Import labels from a CSV or JSONL file; return how many. Checks every row before writing any."""
-    from sftlab.infer import store
-
     path = Path(path)
     if not path.exists():
         raise LabelsError(f"{path}: file not found")
@@ -146,7 +144,7 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
                 continue
             rows.append({"id": str(row["id"]), "checkpoint": row["checkpoint"],
                          "scores": {CRITERION: VERDICTS[verdict] if verdict in VERDICTS else int(verdict)},
-                         "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
+                         "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": utc_now()})
             continue
         key = (str(row["checkpoint"]), str(row["id"]))
         if key not in known:
@@ -169,7 +167,7 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
             problems.append(f"{where}: no score (expected a column per criterion key)")
             continue
         rows.append({"id": key[1], "checkpoint": key[0], "scores": scores,
-                     "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
+                     "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": utc_now()})
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise LabelsError("labels not imported:\n  " + "\n  ".join(problems[:20]) + more)
@@ -181,9 +179,6 @@ def disagreements(params: Params) -> dict[tuple[str, str], list[str]]:
     """(checkpoint, id) -> why a label there is worth most: the judge's passes disagree, the judge and the
     termination or repetition metrics conflict, or pairwise orders flipped. Pairs are keyed by (`a~b`, id) with
     a < b. Rows without a reason are absent."""
-    from sftlab.infer import store
-    from sftlab.judge import store as judgments
-
     reasons: dict[tuple[str, str], list[str]] = {}
     passes: dict[tuple[str, str], list] = {}
     for (checkpoint, sample_id, _), row in judgments.latest_rows(params.layout.judge).items():
@@ -231,8 +226,6 @@ def sample(params: Params, n: int = 20, seed: int | None = None, order: str = "s
     """`n` generation rows to label, skipping rows already labelled: stratified by checkpoint and language (round
     robin over the strata, each shuffled with the seed), then shuffled so that no checkpoint comes in a telling
     sequence; with `order="disagreements"`, the rows `disagreements` names come first."""
-    from sftlab.infer import store
-
     _check_order(order)
     done = set(latest(params.layout))
     rng = random.Random(params.seed if seed is None else seed)
@@ -259,10 +252,6 @@ def sample_pairs(params: Params, n: int = 20, seed: int | None = None, order: st
     """`n` (first, second) generation-row pairs to compare, from the pairs `judge.pairs` selects, round
     robin over the pairs of models, then shuffled; which answer is shown first is drawn at random (no position
     cue). With `order="disagreements"`, pairs whose judgments flipped with the order come first."""
-    from sftlab.infer import store
-    from sftlab.judge.pairwise import model_pairs
-    from sftlab.judge.stage import pairwise_baseline
-
     _check_order(order)
     by_model: dict[str, dict[str, Any]] = {}
     for row in store.read_generations(params.layout.generations):

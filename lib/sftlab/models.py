@@ -27,12 +27,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftlab import paths
+from sftlab import paths, progress
+from sftlab.errors import SftlabError
 
 BUILTIN_PREFIX = "builtin:"
 
 
-class ModelError(RuntimeError):
+class ModelError(SftlabError, RuntimeError):
     """A model that cannot be found, converted or loaded; the message says which and what to do."""
 
 
@@ -235,8 +236,6 @@ def builtin_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.converting-"))
     try:
-        from sftlab import progress
-
         with progress.step(f"converting builtin:{name} from {gguf.name} to {target} (once)"):
             _convert_gguf(gguf, staging)
         try:

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from sftlab import config
+from sftlab import checks, config
+from sftlab.files import atomic_write_text
 
 _DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
            "float32": "float32", "fp32": "float32", "auto": "auto"}
@@ -112,7 +113,7 @@ def convert(recipe: dict[str, Any], experiment: str) -> Converted:
             put(train, "eval_strategy", value, key, "train.eval_strategy")
         elif key == "report_to":
             trackers = [value] if isinstance(value, str) else list(value or [])
-            kept = [t for t in trackers if t in _TRACKERS and config.tracker_problem(t) is None]
+            kept = [t for t in trackers if t in _TRACKERS and checks.tracker_problem(t) is None]
             missing = [t for t in trackers if t not in kept and t not in ("none", "all")]
             if missing:
                 out.dropped.append(f"report_to: {', '.join(missing)}: not installed here (sftlab plots the curves "
@@ -174,5 +175,5 @@ def import_recipe(path: str | Path, target: str | Path | None = None) -> tuple[P
     target.parent.mkdir(parents=True, exist_ok=True)
     text = converted.header(str(path)) + yaml.safe_dump(converted.params, sort_keys=False, allow_unicode=True,
                                                         width=120)
-    config.atomic_write_text(target, text)
+    atomic_write_text(target, text)
     return target, converted

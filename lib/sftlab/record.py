@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from sftlab.files import atomic_write_text
+
 PROBLEMS_FILE = "problems.json"
 STATUS_LOCK = ".status.lock"  # beside status.json: held while status.json is read, changed and written
 RUN_ENV = "SFTLAB_RUN"
@@ -34,8 +36,6 @@ def note_problem(text: str) -> None:
         return
     problems = read_problems(run)
     if text not in problems:
-        from sftlab.config import atomic_write_text
-
         atomic_write_text(run / PROBLEMS_FILE, json.dumps(problems + [text], indent=2, ensure_ascii=False) + "\n")
 
 

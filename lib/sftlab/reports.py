@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 from sftlab import pages, paths
-from sftlab.config import FILE_MODE, atomic_write_text
+from sftlab.stages import STAGES
+from sftlab.files import atomic_copy, atomic_write_text
 
 
 def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
@@ -91,11 +89,7 @@ def publish_latest(pages: list[Path], reports_dir: Path, stage: str) -> None:
         if not any(page.name == stale.name for page in pages):
             stale.unlink(missing_ok=True)
     for page in pages:
-        fd, tmp = tempfile.mkstemp(dir=reports_dir, prefix=f".{page.name}.", suffix=".tmp")
-        os.fchmod(fd, FILE_MODE)
-        os.close(fd)
-        shutil.copyfile(page, tmp)
-        os.replace(tmp, reports_dir / page.name)
+        atomic_copy(page, reports_dir / page.name)
 
 
 def _href(outputs: Path, target: Path) -> str:
@@ -159,9 +153,9 @@ def _comparisons(outputs: Path, layout: paths.ExperimentLayout, studies: dict[st
 
 def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
     rows = []
-    layouts = [paths.ExperimentLayout(f.parent) for f in sorted(outputs.glob("*/status.json"))]
+    layouts = [paths.ExperimentLayout(f.parent) for f in sorted(outputs.glob(f"*/{paths.STATUS_FILE}"))]
     studies = {layout.experiment: members for layout in layouts if (members := _compared(layout))}
-    for status_file in sorted(outputs.glob("*/status.json")):
+    for status_file in sorted(outputs.glob(f"*/{paths.STATUS_FILE}")):
         layout = paths.ExperimentLayout(status_file.parent)
         try:
             status = json.loads(status_file.read_text(encoding="utf-8"))
@@ -237,8 +231,6 @@ def _headline(layout: paths.ExperimentLayout) -> str:
 
 
 def build_index(outputs: Path | None = None) -> Path:
-    from sftlab.runner import STAGES
-
     outputs = outputs or paths.outputs_root()
     outputs.mkdir(parents=True, exist_ok=True)
     header = "".join(f"<th>{s}</th>" for s in ("experiment", *STAGES, "headline"))

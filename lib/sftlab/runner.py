@@ -44,14 +44,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from sftlab import kernel as sftlab_kernel
 from sftlab import paths, record, reports
-from sftlab.config import Params, apply_overrides, atomic_write_text, load_params, read_yaml, validate, write_resolved
+from sftlab.clock import utc_iso, utc_stamp
+from sftlab.stages import BY_NAME, STAGES
+from sftlab.config import Params, apply_overrides, load_params, read_yaml, validate, write_resolved
+from sftlab.files import atomic_write_text
+from sftlab.errors import SftlabError
 
-STAGES = ("train", "infer", "judge", "score")
 STUDY_FILE = "_study.yaml"  # optional settings of a study folder's joint score (not an experiment)
 KERNEL_ENV = "SFTLAB_KERNEL"  # a kernel name to use instead of this environment's own
 RUN_ENV = record.RUN_ENV  # the run folder, for the stage code in the kernel (sftlab.record)
@@ -63,7 +65,7 @@ QUIET_S = 20.0  # after this long without output from a stage, the runner says i
 log = logging.getLogger("sftlab.runner")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(SftlabError, RuntimeError):
     """A stage's notebook raised; the message has the cell's error and the executed notebook."""
 
 
@@ -118,7 +120,8 @@ def load_run(
     files = params_files(target)
     experiments = [load_params(f, overrides) for f in files]
     study = paths.resolve(target) if paths.resolve(target).is_dir() else None
-    study_params = study_score_params(study, experiments, overrides) if study and "score" in stages else None
+    joint = study and any(not BY_NAME[stage].per_experiment for stage in stages)
+    study_params = study_params_of(study, experiments, overrides) if joint else None
     return LoadedRun(stages, files, experiments, notebooks, study, study_params)
 
 
@@ -135,17 +138,20 @@ def run(
 
 def run_loaded(loaded: LoadedRun, kernel: str | None = None) -> list[Params]:
     experiments = list(loaded.experiments)
+    # A study runs a stage that compares experiments once, over all of them (sftlab.stages).
+    joint = [stage for stage in loaded.stages if loaded.study and not BY_NAME[stage].per_experiment]
     for params, file in zip(experiments, loaded.files):
         for stage in loaded.stages:
-            if not (loaded.study and stage == "score"):  # a study is scored once, over all its experiments
+            if stage not in joint:
                 run_stage(params, stage, kernel=kernel, notebooks=loaded.notebooks, params_file=file)
     if loaded.study_params is not None:
-        run_stage(loaded.study_params, "score", kernel=kernel, notebooks=loaded.notebooks, params_file=loaded.study)
+        for stage in joint:
+            run_stage(loaded.study_params, stage, kernel=kernel, notebooks=loaded.notebooks, params_file=loaded.study)
         experiments.append(loaded.study_params)
     return experiments
 
 
-def study_score_params(study: Path, experiments: list[Params], overrides: list[str] | None) -> Params:
+def study_params_of(study: Path, experiments: list[Params], overrides: list[str] | None) -> Params:
     """The params of a study's score: `<study>/_study.yaml` if present (e.g. `score.baseline`), with
     `experiment: <folder>-study` and `score.experiments` = every experiment of the folder by default."""
     settings = read_yaml(study / STUDY_FILE) if (study / STUDY_FILE).exists() else {}
@@ -187,16 +193,12 @@ def run_stage(
     run_dir = run_dir or new_run_dir(layout, stage, started)
     write_resolved(params, run_dir)
     executed = run_dir / f"{stage}.ipynb"
-    entry = {"status": RUNNING, "started": _iso(started), "finished": None, "seconds": None, "error": None,
+    entry = {"status": RUNNING, "started": utc_iso(started), "finished": None, "seconds": None, "error": None,
              "params_file": str(params_file) if params_file else None, "run": run_dir.relative_to(layout.root).as_posix(),
              **(job or {})}
     record_entry(layout, stage, entry, kernel)
     reports.build_index()
     log.info("[%s] stage %s: %s -> %s (kernel %s)", params.experiment, stage, source, executed, kernel)
-    if stage == "judge":  # say which judge before anything is sent, and why (an API judge costs money)
-        from sftlab.judge import backend_choice
-
-        log.info("[%s] judge: %s, because %s", params.experiment, *backend_choice(params.judge))
     error = None
     try:
         with _environment({RUN_ENV: str(run_dir), sftlab_kernel.EXPECT_PACKAGE_ENV: str(sftlab_kernel.package_dir())}), \
@@ -220,7 +222,7 @@ def run_stage(
     reports.publish_latest(pages, layout.reports, stage)
     problems = record.read_problems(run_dir)
     status = FAILED if error else DONE_WITH_ERRORS if problems else DONE
-    entry.update(status=status, finished=_iso(finished), seconds=round(finished - started, 1), error=error,
+    entry.update(status=status, finished=utc_iso(finished), seconds=round(finished - started, 1), error=error,
                  problems=problems or None)
     record_entry(layout, stage, entry, kernel)
     reports.build_index()
@@ -261,7 +263,7 @@ def notebook_copy(params: Params, stage: str, notebooks: Path | None = None, for
 def new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> Path:
     """runs/<UTC time>-<stage>, or -2, -3... after it when that second already has one (mkdir is atomic,
     so two runners never share a folder)."""
-    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp(started)
     layout.runs.mkdir(parents=True, exist_ok=True)
     for n in itertools.count(1):
         run_dir = layout.runs / (f"{stamp}-{stage}" if n == 1 else f"{stamp}-{stage}-{n}")
@@ -325,13 +327,9 @@ def _environment(values: dict[str, str]):
                 os.environ[key] = value
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
-
-
 def read_status(exp_dir: Path) -> dict:
     try:
-        return json.loads((exp_dir / "status.json").read_text(encoding="utf-8"))
+        return json.loads(paths.ExperimentLayout(exp_dir).status.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {"stages": {}}
 

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab import paths
+from sftlab.judge import reference
 from sftlab.judge.rubric import (Criterion, InvalidJudgment, PromptTemplate, Rubric, RubricError, _describe,
                                  _strip_fences)
 
@@ -140,8 +141,6 @@ def pair_name(first: str, second: str) -> str:
 def reference_verdict(first: dict, second: dict, single: Rubric) -> tuple[int, str, dict[str, Any]]:
     """The offline verdict for (first shown, second shown): reference-judge overall scores minus a
     penalty for not terminating; returns (verdict -2..2, reason, the numbers behind it)."""
-    from sftlab.judge import reference
-
     sides = []
     for row in (first, second):
         result = reference.evaluate(row, single)

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 from sftlab import jsonl
 from sftlab.checkpoints import checkpoint_order
+from sftlab.errors import SftlabError
 
 
-class JudgmentsError(ValueError):
+class JudgmentsError(SftlabError, ValueError):
     """A judgment file with a row that cannot be read; the message names the file, line and field."""
 
 

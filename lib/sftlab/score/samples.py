@@ -18,10 +18,12 @@ from sftlab import checkpoints, jsonl, paths
 from sftlab.infer import store as generations_store
 from sftlab.judge import store as judgments_store
 from sftlab.judge.store import SCORE_PREFIX  # per-criterion columns: "score_정확성"
+from sftlab.train.views import training_curves
+from sftlab.errors import SftlabError
 
 
 
-class ScoreError(ValueError):
+class ScoreError(SftlabError, ValueError):
     """Inputs that cannot be scored; the message names the experiment or checkpoint."""
 
 
@@ -100,8 +102,6 @@ def criteria_of(samples: pd.DataFrame) -> list[str]:
 
 def training_history(experiments: list[str]) -> pd.DataFrame:
     """The train stage's curves of every experiment, one frame for overlaying."""
-    from sftlab.train.views import training_curves
-
     frames = [training_curves(paths.ExperimentLayout.of(e).train).assign(experiment=e) for e in experiments]
     columns = ["experiment", "step", "loss", "grad_norm"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)

@@ -9,11 +9,14 @@ The figure functions return the matplotlib figure and save it when given a path.
 embedded in its HTML (a data URI), so the block reads the same in Jupyter, in the report and anywhere it is
 copied; the headline's wording follows the interval: a model is "better than the baseline" only when the
 interval of its paired difference excludes 0, and no winner is named when the card distrusts the judge.
+
+The score stage writes the figures (`png`) under scores/figures/; the notebook displays those files.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,6 +28,26 @@ from sftlab.judge.store import SCORE_PREFIX
 from sftlab.tables import Block
 
 FONT = "NanumGothic"
+SAVE = {"dpi": 110, "bbox_inches": "tight"}  # tight: keeps the legend placed outside the panels
+# The summary's columns as the notebook shows them; the criteria go before cost_usd (summary_view).
+SUMMARY_COLUMNS = ["experiment", "checkpoint", "n", "n_judged", "judge_errors", "not_judged", "eos_rate",
+                   "eos_rate_low", "eos_rate_high", "rep_2", "rep_4", "seq_rep_4", "distinct_2", "mean_tokens",
+                   "length_ratio", "overall", "overall_low", "overall_high"]
+
+
+def summary_view(summary: pd.DataFrame, criteria: list[str]) -> pd.DataFrame:
+    """The per-checkpoint summary with the columns a reader compares first, rounded."""
+    columns = [*SUMMARY_COLUMNS, *criteria, "cost_usd"]
+    return summary[[c for c in columns if c in summary]].round(3)
+
+
+def png(fig) -> bytes:
+    """The figure as PNG bytes (then closed): what the score stage writes."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **SAVE)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _register_korean_font() -> None:
@@ -51,7 +74,7 @@ def _save(fig, path: Path | None):
     fig.tight_layout()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend placed outside the panels
+        fig.savefig(path, **SAVE)
     return fig
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 from sftlab import lifeline
-from sftlab.config import OWN_TRAIN_KEYS, Params, TrainParams, atomic_write_text
+from sftlab.config import OWN_TRAIN_KEYS, Params, TrainParams
+from sftlab.files import atomic_write_text
 
 LOG_TAIL_LINES = 50
 # The sftlab knobs that sftlab.train.ScriptArguments takes, under the same names.

@@ -44,12 +44,14 @@ from typing import Any, Callable
 import yaml
 
 from sftlab import checkpoints, data, models, progress
-from sftlab.config import Params, atomic_write_text
+from sftlab.config import Params
+from sftlab.files import atomic_write_text
 from sftlab.train import audit, launch, views
 from sftlab.train import lock as train_lock
+from sftlab.errors import SftlabError
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(SftlabError, RuntimeError):
     """torchrun exited with an error; the message ends with the tail of train.log."""
 
 
@@ -253,6 +255,6 @@ def _run(planned: Plan, lock: train_lock.TrainLock, echo: Callable[[str], None])
         raise TrainingFailed(f"training exited with code {code}; last {launch.LOG_TAIL_LINES} lines of "
                              f"{planned.log_path}:\n" + "\n".join(tail))
     views.save_curves(planned.train_dir, planned.curves_png, title=planned.params.experiment)
-    summary_file = planned.train_dir / "train_summary.json"
+    summary_file = planned.params.layout.train_summary
     launched = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.exists() else {}
     return Summary(skipped=False, checkpoints=checkpoints.list_checkpoints(planned.train_dir), launch=launched)

@@ -35,7 +35,8 @@ from trl import SFTConfig
 
 from sftlab import models, progress
 from sftlab.checkpoints import check_resumable, newest_complete, prune_resume_state
-from sftlab.config import Collator, DType, Overlong, Turns, collator_conflict
+from sftlab.knobs import Collator, DType, Overlong, Turns, collator_conflict
+from sftlab.paths import TRAIN_SUMMARY_FILE
 from sftlab.train import supervision
 
 ADDED_PAD_TOKEN = "<|pad|>"
@@ -432,5 +433,5 @@ def write_summary(trainer, output_dir: Path, before: dict, counter: TokenCounter
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
     }
-    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (output_dir / TRAIN_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
