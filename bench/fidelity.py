@@ -107,6 +107,7 @@ def main() -> None:
         import os
 
         os.environ["SFTLAB_OUTPUTS"] = str(env_outputs)
+        os.environ.setdefault("SFTLAB_MODEL_CACHE", str(ROOT / "outputs" / "models"))  # converted once, reused
         for name, value in formats(folder).items():
             result = run([sftlab, "prepare-train", str(params_file(name, value))])
             report = env_outputs / f"fidelity-{name}" / "train" / "data_report.json"
