@@ -302,7 +302,7 @@ def test_the_card_reads_the_pairwise_judge_summary(outputs):
     prepare(outputs, n=4)
     params = make_params(None, backend="reference", mode="pairwise")
     judge.run(judge.plan(params), progress=False)
-    assert params.layout.judge_summary(pairwise=True).is_file() and not params.layout.judge_summary().exists()
+    assert params.layout.judge_summary("pairwise").is_file() and not params.layout.judge_summary("single").exists()
     card = card_of(params)
     assert card["pairwise_costs"]["judgments"] == 8 and "seconds_per_1000" in card["pairwise_costs"]
     assert card["pairwise"]["flip_rate"]["meaning"].startswith("a position flip")

@@ -172,7 +172,7 @@ def costs(layout: paths.ExperimentLayout, passes: pd.DataFrame, pairwise: bool =
     if len(judged):
         result["cost_usd_per_1000"] = _clean(1000 * judged["cost_usd"].sum() / len(judged))
     try:
-        last = json.loads(layout.judge_summary(pairwise).read_text(encoding="utf-8"))
+        last = json.loads(layout.judge_summary(result["mode"]).read_text(encoding="utf-8"))
         if last.get("judged"):
             result["seconds_per_1000"] = _clean(1000 * last["seconds"] / last["judged"])
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
