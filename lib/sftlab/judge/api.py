@@ -36,6 +36,7 @@ import openai
 
 from sftlab import jsonl
 from sftlab.judge import cost
+from sftlab.judge.pairwise import PairRubric
 from sftlab.judge.rubric import InvalidJudgment, Mode, Rubric
 from sftlab.judge.transport import MODES, Fatal, GaveUp, JudgeConfigError, Tally, Transport, describe, text_of
 
@@ -45,13 +46,14 @@ REPAIR_PROMPT = ("Your reply is not a valid evaluation: {error}\n"
 
 @dataclass
 class Job:
-    """One distinct judgment to make (rows with the same key share it)."""
+    """One distinct judgment to make (rows with the same key share it): one answer under a rubric, or in
+    pairwise mode two answers (first shown, second shown) under a pairwise rubric."""
 
     key: str
-    rubric: Rubric
+    rubric: Rubric | PairRubric
     prompt: list[dict]
     reference: str
-    output: str
+    output: str | tuple[str, str]
 
 
 @dataclass
