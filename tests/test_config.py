@@ -172,10 +172,14 @@ def test_every_params_key_is_a_notebook_parameter():
 
 
 def test_every_params_file_validates():
-    for params_file in (ROOT / "params").rglob("*.yaml"):
-        # rubrics are not params; _*.yaml are a study's shared layers and joint-score settings.
-        if "rubrics" not in params_file.parts and not params_file.name.startswith("_"):
-            load_params(params_file)
+    # rubrics are not params; _*.yaml are a study's shared layers and joint-score settings.
+    files = sorted(p for p in (ROOT / "params").rglob("*.yaml")
+                   if "rubrics" not in p.relative_to(ROOT).parts and not p.name.startswith("_"))
+    names = {p.relative_to(ROOT / "params").as_posix() for p in files}
+    assert {"demo.yaml", "studies/collator/baseline.yaml", "studies/collator/collator.yaml"} <= names, names
+    loaded = {p.relative_to(ROOT / "params").as_posix(): load_params(p) for p in files}
+    assert loaded["demo.yaml"].experiment == "demo"
+    assert all(params.experiment == Path(name).stem for name, params in loaded.items())
 
 
 def test_the_collator_study_varies_only_the_collator_knobs():

@@ -14,7 +14,7 @@ import pytest
 
 from judge_server import FakeJudgeServer
 from test_judge import EXPERIMENT, make_params, prepare
-from sftlab import judge, labels, score
+from sftlab import jsonl, judge, labels, score
 from sftlab.judge import store
 from sftlab.score import reliability
 
@@ -91,13 +91,13 @@ def test_imported_labels_give_kappa_with_an_interval(tmp_path, outputs):
     rows = prepare(outputs, n=10)
     params = make_params(None, backend="reference")
     judge.run(judge.plan(params), progress=False)
-    judged = [json.loads(line) for path in sorted((outputs / EXPERIMENT / "judge").glob("*.jsonl"))
-              for line in path.read_text(encoding="utf-8").splitlines()]
+    judged = [row for path in sorted((outputs / EXPERIMENT / "judge").glob("*.jsonl")) for row in jsonl.read_rows(path)]
     file = tmp_path / "labels.csv"
     synthetic_labels(file, judged)
     assert labels.import_file(params, file) == rows
     agreement = card_of(params)["human_agreement"]
     assert agreement["labels"] == rows and agreement["labellers"] == ["synthetic-fixture"]
+    assert set(agreement["criteria"]) == set(judged[0]["scores"])  # every criterion, none left out
     for figures in agreement["criteria"].values():
         assert figures["n"] == rows and "small_sample" in figures  # 20 labels < score.min_n 30
         if figures["kappa"]["estimate"] is None:  # judge and labels gave every answer the same score

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from sftlab import kernel, runner
+from sftlab import config, kernel, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -241,8 +241,9 @@ def test_notebook_command_writes_a_parameterized_copy_and_leaves_the_templates_a
     assert nb.metadata.kernelspec.display_name == f"Python (sftlab: {ROOT})"
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and '"num_samples": 3' in injected[0].source
-    assert f"params_file = \"{outputs / 'hand' / 'config.resolved.yaml'}\"" in injected[0].source
-    assert "num_samples: 3" in (outputs / "hand" / "config.resolved.yaml").read_text()
+    assert f"params_file = \"{outputs / 'hand' / 'notebooks' / 'infer.params.yaml'}\"" in injected[0].source
+    assert "num_samples: 3" in (outputs / "hand" / "notebooks" / "infer.params.yaml").read_text()
+    assert not (outputs / "hand" / "config.resolved.yaml").exists()  # the params as run: only a run writes them
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # prepared, not executed
     assert template_digests() == templates
     assert not (outputs / "hand" / "runs").exists()
@@ -279,6 +280,22 @@ def test_prepare_train_prints_the_command_after_the_audit(tmp_path, outputs, tin
     bad = sftlab_cli("prepare-train", "params/demo.yaml", "--set", f"model.name_or_path={tiny_model_path}",
                      "--set", "train.collator=legacy_pad_masked", "--set", "experiment=bad", env=env)
     assert bad.returncode == 1 and "never be taught to stop" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_notebook_run_by_hand_leaves_a_run_record_and_not_the_resolved_params(outputs, monkeypatch):
+    monkeypatch.setenv(runner.RUN_ENV, "")  # restored after the test: run_record sets it in this process
+    monkeypatch.delenv(runner.RUN_ENV)
+    params = config.validate({"experiment": "by-hand", "infer": {"num_samples": 2}})
+    run = runner.run_record(params, "infer")  # what the validation cell of a copy opened in Jupyter does
+    assert run.parent == params.layout.runs and run.name.endswith("-infer")
+    assert os.environ[runner.RUN_ENV] == str(run)  # the stage notes into it (made_by.json, problems)
+    assert "num_samples: 2" in (run / "config.resolved.yaml").read_text(encoding="utf-8")
+    entry = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert entry["status"] == runner.BY_HAND and entry["stage"] == "infer" and entry["kernel"] == kernel.name()
+    status = runner.read_status(params.layout.root)["stages"]["infer"]
+    assert [e["run"] for e in status["history"]] == [f"runs/{run.name}"]
+    assert not params.layout.resolved_params.exists()  # config.resolved.yaml: only the runner writes it
+    assert runner.run_record(params, "infer") == run  # the cell run again: the same record
 
 
 def test_committed_notebooks_carry_no_outputs():

@@ -650,9 +650,11 @@ def from_notebook(params_file: str | None = None, **injected: Any) -> Params:
     return validate(data, sources, default_source=str(layer_file or "notebook parameters"))
 
 
-def write_resolved(params: Params, directory: str | os.PathLike | None = None) -> Path:
-    """Write `config.resolved.yaml` (every default spelled out) atomically; return its path."""
-    target = Path(directory) / "config.resolved.yaml" if directory else params.layout.resolved_params
+def write_resolved(params: Params, directory: str | os.PathLike | None = None,
+                   name: str = "config.resolved.yaml") -> Path:
+    """Write the params with every default spelled out, atomically, as `directory/name` (default: the
+    experiment's config.resolved.yaml, which the runner writes before each stage); return its path."""
+    target = Path(directory) / name if directory else params.layout.resolved_params
     target.parent.mkdir(parents=True, exist_ok=True)
     text = "# Resolved by sftlab: the params file, its bases and overrides, with every default.\n"
     text += yaml.safe_dump(params.to_dict(), sort_keys=False, allow_unicode=True)

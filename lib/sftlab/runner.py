@@ -21,7 +21,11 @@ The templates in notebooks/ are only read. For each stage, in the order train ->
 outputs/index.html                      rebuilt before and after each stage
 
 `notebook_copy` (`sftlab notebook`) writes outputs/<exp>/notebooks/<stage>.ipynb: the template with the
-parameters a run would inject, not executed, on this checkout's kernel.
+parameters a run would inject, not executed, on this checkout's kernel, and its params beside it
+(notebooks/<stage>.params.yaml). Run by hand, the notebook's validation cell calls `run_record`, which leaves
+a run record like a batch run's (runs/<UTC time>-<stage>/ with the params of that run and run.json, status
+`by hand`, in status.json's history) and never rewrites config.resolved.yaml, which stays the params the
+runner last ran.
 
 Kernel: this environment's own (`sftlab.kernel.name()`, registered if missing) unless --kernel or
 SFTLAB_KERNEL names another; `sftlab.kernel.ensure` raises `KernelError` before anything is written if
@@ -60,6 +64,7 @@ RUN_ENV = record.RUN_ENV  # the run folder, for the stage code in the kernel (sf
 # A stage run's status. The index shows any string (its CSS class is derived from it).
 RUNNING, DONE, FAILED = "running", "done", "failed"
 DONE_WITH_ERRORS = "done with errors"  # the notebook ran through, but the stage noted problems (sftlab.record)
+BY_HAND = "by hand"  # a notebook run in Jupyter: its end is not tracked (run_record)
 QUIET_S = 20.0  # after this long without output from a stage, the runner says it is still running
 
 log = logging.getLogger("sftlab.runner")
@@ -239,7 +244,8 @@ def notebook_copy(params: Params, stage: str, notebooks: Path | None = None, for
     """Write `outputs/<exp>/notebooks/<stage>.ipynb`, a copy of the template to open by hand: the
     parameters a run would inject (papermill's prepare-only, nothing executed) and this checkout's kernel
     in its metadata. Writes config.resolved.yaml (the copy's `params_file`) and registers the kernel if
-    missing. Raises FileExistsError if a copy is already there (it may hold edits) unless `force`."""
+    missing. Raises FileExistsError if a copy is already there (it may hold edits) unless `force`. Writes the
+    copy's `params_file`, notebooks/<stage>.params.yaml, never config.resolved.yaml."""
     import nbformat
     import papermill
 
@@ -250,14 +256,33 @@ def notebook_copy(params: Params, stage: str, notebooks: Path | None = None, for
         raise FileExistsError(f"{target}: a copy is already there and may hold your edits; open it, or pass "
                               f"--force to write a fresh copy over it")
     kernel = sftlab_kernel.ensure()
-    resolved = write_resolved(params)
     target.parent.mkdir(parents=True, exist_ok=True)
+    resolved = write_resolved(params, target.parent, f"{stage}.params.yaml")
     papermill.execute_notebook(str(notebooks / f"{stage}.ipynb"), str(target), prepare_only=True, kernel_name=kernel,
                                parameters=injected_parameters(params, resolved), progress_bar=False)
     nb = nbformat.read(target, as_version=4)
     nb.metadata.kernelspec = sftlab_kernel.kernelspec_metadata()  # the template's is a generic one
     atomic_write_text(target, nbformat.writes(nb))
     return target
+
+
+def run_record(params: Params, stage: str) -> Path:
+    """The record of the stage run in this kernel: the runner's (SFTLAB_RUN), or, for a notebook run by hand,
+    a new one: runs/<UTC time>-<stage>/ with this run's params and run.json (status `by hand`, also in
+    status.json's history; the index shows it), and SFTLAB_RUN set for the stage code (made_by.json, problems
+    noted). Called by every notebook's validation cell; a second call in the same kernel returns the same."""
+    current = record.current_run()
+    if current is not None:
+        return current
+    layout = params.layout
+    started = time.time()
+    run_dir = new_run_dir(layout, stage, started)
+    write_resolved(params, run_dir)
+    entry = {"status": BY_HAND, "started": utc_iso(started), "run": run_dir.relative_to(layout.root).as_posix()}
+    record_entry(layout, stage, entry, sftlab_kernel.name())
+    os.environ[RUN_ENV] = str(run_dir)
+    reports.build_index()
+    return run_dir
 
 
 def new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> Path:

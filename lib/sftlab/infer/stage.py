@@ -44,6 +44,7 @@ from sftlab import checkpoints, data, jsonl, metrics, models, progress
 from sftlab.config import Params
 from sftlab.infer import store
 from sftlab.infer.engine import Generation, GenerationEngine, GenerationSettings, HFEngine, prompt_text
+from sftlab.infer.vllm_engine import VLLMEngines  # light: vLLM itself runs in a process of its own
 
 BASE = "base"
 
@@ -201,8 +202,6 @@ def run(planned: Plan, echo: Callable[[str], None] = print,
     """
     params, settings, examples = planned.params, planned.settings, planned.examples
     if make_engine is None and params.infer.engine == "vllm" and any(job.todo for job in planned.jobs):
-        from sftlab.infer.vllm_engine import VLLMEngines
-
         make_engine = VLLMEngines(dtype=params.model.dtype, seed=settings.seed,
                                   probes=[e.prompt for e in examples[:2]])
     template = models.chat_template_text(params.model.chat_template)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from sftlab.config import Params
 from sftlab.judge import store
-from sftlab.judge.api import JudgeConfigError
+from sftlab.judge.transport import JudgeConfigError
 from sftlab.judge.rubric import InvalidJudgment, Rubric, RubricError, load_rubric
 from sftlab.judge.stage import (GenerationsError, JudgeFailed, JudgeStopped, Plan, Summary, backend_choice,
                                 judgment_key, plan, preflight, resolve_backend, run, run_sync)

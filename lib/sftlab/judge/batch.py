@@ -38,8 +38,9 @@ from sftlab.clock import utc_now
 from sftlab.files import atomic_write_text
 from sftlab.judge import cost
 from sftlab.progress import bar as progress_bar
-from sftlab.judge.api import (MODES, REPAIR_PROMPT, RETRY_STATUS, Job, OpenAIJudge, Outcome, _connection_level,
-                              _describe, _Fatal, _raise_if_fatal, _Tally, _text_of, fatal_reason)
+from sftlab.judge.api import REPAIR_PROMPT, Job, OpenAIJudge, Outcome
+from sftlab.judge.transport import (MODES, RETRY_STATUS, Fatal, Tally, connection_level, describe, fatal_reason,
+                                    raise_if_fatal, text_of)
 from sftlab.judge.rubric import InvalidJudgment, Mode
 
 log = logging.getLogger("sftlab.judge")
@@ -61,7 +62,7 @@ class _Open:
     first_raw: str | None = None  # the first answer, once the repair line has answered too
     error: str | None = None  # why the last line failed
     rounds: int = 0  # batch lines sent for it
-    tally: _Tally = field(default_factory=_Tally)
+    tally: Tally = field(default_factory=Tally)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -108,11 +109,11 @@ class BatchJudge(OpenAIJudge):
                 if record is None:
                     break
                 await self._collect(client, state, record, deadline)
-        except _Fatal as e:
-            self.fatal, self.stopped = True, self.stopped or self._redact(str(e))
+        except Fatal as e:
+            self.fatal, self.stopped = True, self.stopped or self.redact(str(e))
         finally:
             await client.close()
-            self._secret = None
+            self.forget_key()
         if self._open and not self.stopped and deadline and time.monotonic() >= deadline:
             await self._fall_back()
         for item in list(self._open.values()):  # budget, a fatal error, or retries exhausted
@@ -120,7 +121,7 @@ class BatchJudge(OpenAIJudge):
                 self._finish(item, Outcome("not_judged" if not item.rounds else "error",
                                            error=self.stopped if not item.rounds else item.error or self.stopped))
             else:
-                self._finish(item, Outcome("error", raw=item.raw, error=self._redact(
+                self._finish(item, Outcome("error", raw=item.raw, error=self.redact(
                     f"{item.error or 'no answer'} (gave up after {item.rounds} batch rounds)")))
 
     async def _fall_back(self) -> None:
@@ -245,7 +246,7 @@ class BatchJudge(OpenAIJudge):
             message = error.get("message", "") if isinstance(error, dict) else str(error)
             fatal = fatal_reason(status, error.get("code") if isinstance(error, dict) else None, message, p)
             if fatal:
-                self.fatal, self.stopped = True, self._redact(fatal)
+                self.fatal, self.stopped = True, self.redact(fatal)
                 return self._finish(item, Outcome("error", error=self.stopped), mode)
             if status in (400, 422) and p.structured == "auto" and mode != "prompt" and not line["repair"]:
                 item.mode = MODES[MODES.index(mode) + 1]  # down the chain, next round; same messages
@@ -253,10 +254,10 @@ class BatchJudge(OpenAIJudge):
             item.error = f"HTTP {status}: {message}"
             if status in RETRY_STATUS or status >= 500:
                 return  # transient: next round
-            return self._finish(item, Outcome("error", error=self._redact(item.error)), mode)
+            return self._finish(item, Outcome("error", error=self.redact(item.error)), mode)
         completion = openai.types.chat.ChatCompletion.model_validate(body)
         item.tally.add(completion)
-        raw, refusal = _text_of(completion)
+        raw, refusal = text_of(completion)
         if line["repair"]:
             item.first_raw = item.raw
         item.raw = raw
@@ -266,14 +267,14 @@ class BatchJudge(OpenAIJudge):
             scores, reasons = item.job.rubric.parse(raw)
         except InvalidJudgment as e:
             if line["repair"]:
-                return self._finish(item, Outcome("error", raw=raw, error=self._redact(
+                return self._finish(item, Outcome("error", raw=raw, error=self.redact(
                     f"invalid judgment after one repair: {e}")), mode)
             item.repair = True
             item.mode = mode
             item.messages = item.messages + [{"role": "assistant", "content": raw or ""},
                                              {"role": "user", "content": REPAIR_PROMPT.format(error=e)}]
             return
-        self._settle_mode(mode)
+        self.settle_mode(mode)
         self._finish(item, Outcome("judged", scores=scores, reasons=reasons, raw=raw), mode)
 
     def _finish(self, item: _Open, outcome: Outcome, mode: Mode | None = None) -> None:
@@ -302,22 +303,22 @@ class BatchJudge(OpenAIJudge):
         p = self.params
         for attempt in range(p.max_retries + 1):
             if self.unreachable:
-                raise _Fatal(self.unreachable)
+                raise Fatal(self.unreachable)
             try:
                 result = await make()
                 self.responses += 1
                 return result
             except openai.APIStatusError as e:
                 self.responses += 1
-                _raise_if_fatal(e, p)
+                raise_if_fatal(e, p)
                 if e.status_code not in RETRY_STATUS and e.status_code < 500:
-                    raise _Fatal(self._redact(f"the Batch API refused: {_describe(e)}")) from None
+                    raise Fatal(self.redact(f"the Batch API refused: {describe(e)}")) from None
                 error: Exception = e
             except openai.APIConnectionError as e:
-                if _connection_level(e) and not self.responses:
-                    self._count_connect_failure(e)
+                if connection_level(e) and not self.responses:
+                    self.count_connect_failure(e)
                 error = e
             if attempt == p.max_retries:
-                raise _Fatal(self._redact(f"the Batch API: {_describe(error)} (gave up after {attempt + 1} attempts)"))
-            await asyncio.sleep(self._delay(attempt, error))
+                raise Fatal(self.redact(f"the Batch API: {describe(error)} (gave up after {attempt + 1} attempts)"))
+            await asyncio.sleep(self.delay(attempt, error))
         raise AssertionError("unreachable")

@@ -24,7 +24,7 @@ from pathlib import Path
 from sftlab import models
 from sftlab.config import JudgeParams
 from sftlab.infer.vllm_engine import vllm_python
-from sftlab.judge.api import JudgeConfigError
+from sftlab.judge.transport import JudgeConfigError
 
 STARTUP_TIMEOUT_S = 600.0
 LOCAL_NAME = "local-judge"  # the name the model is served under (no price: a local judge costs nothing)

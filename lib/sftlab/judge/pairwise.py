@@ -31,8 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab import paths
 from sftlab.judge import reference
-from sftlab.judge.rubric import (Criterion, InvalidJudgment, PromptTemplate, Rubric, RubricError, _describe,
-                                 _strip_fences)
+from sftlab.judge.rubric import Criterion, PromptTemplate, Rubric, RubricError, validate_answer
 
 VERDICTS = {"A>>B": 2, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -2}
 PLACEHOLDERS = ("{conversation}", "{reference}", "{answer_a}", "{answer_b}")
@@ -89,20 +88,8 @@ class PairRubric(PromptTemplate):
 
     def parse(self, text: str | None) -> tuple[dict[str, int], dict[str, str]]:
         """The judge's raw text -> ({"verdict": -2..2}, {"verdict": reason}); raises `InvalidJudgment`."""
-        if not text or not text.strip():
-            raise InvalidJudgment("the answer is empty; expected a JSON object")
-        candidates = [_strip_fences(text)]
-        start, end = text.find("{"), text.rfind("}")
-        if 0 <= start < end:
-            candidates.append(text[start:end + 1])
-        first_error = None
-        for candidate in candidates:
-            try:
-                verdict = Verdict.model_validate_json(candidate)
-                return {CRITERION: VERDICTS[verdict.verdict]}, {CRITERION: verdict.reason}
-            except ValidationError as e:
-                first_error = first_error or e
-        raise InvalidJudgment(_describe(first_error))
+        verdict = validate_answer(text, Verdict)
+        return {CRITERION: VERDICTS[verdict.verdict]}, {CRITERION: verdict.reason}
 
     def overall(self, scores: dict[str, int]) -> float:
         """The first-shown answer's share of the verdict, 0 (B>>A) to 1 (A>>B)."""

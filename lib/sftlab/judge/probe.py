@@ -42,8 +42,8 @@ from sftlab.clock import utc_now
 from sftlab.config import JudgeParams
 from sftlab.files import atomic_write_text
 from sftlab.reports import shorten
-from sftlab.judge.api import (MODES, OPENAI_URL, RETRY_STATUS, OpenAIJudge, _connection_level, _describe, _text_of,
-                              fatal_reason)
+from sftlab.judge.api import OpenAIJudge
+from sftlab.judge.transport import MODES, OPENAI_URL, RETRY_STATUS, connection_level, describe, fatal_reason, text_of
 from sftlab.judge.rubric import Criterion, InvalidJudgment, Mode, Rubric
 
 PROBE_FILE = "probes.json"  # in judge/, beside the judgment files that are the cache
@@ -141,7 +141,7 @@ async def probe(judge: JudgeParams) -> Structured:
                 break
     finally:
         await client.close()
-        backend._secret = None
+        backend.forget_key()
     now = utc_now()
     last = tried[-1]
     if last.result in ("fatal", "unreachable"):
@@ -174,24 +174,24 @@ async def _ask(backend: OpenAIJudge, client: openai.AsyncOpenAI, mode: Mode) -> 
         except openai.APIStatusError as e:
             fatal = fatal_reason(e.status_code, getattr(e, "code", None), e.message, p)
             if fatal:
-                return Tried(mode, "fatal", backend._redact(fatal))
+                return Tried(mode, "fatal", backend.redact(fatal))
             if e.status_code not in RETRY_STATUS:
-                return Tried(mode, "error", backend._redact(_short(_describe(e))))
+                return Tried(mode, "error", backend.redact(_short(describe(e))))
             retry = e
         except openai.APIConnectionError as e:  # timeouts included
-            if _connection_level(e):
-                return Tried(mode, "unreachable", backend._redact(_short(_describe(e))))
+            if connection_level(e):
+                return Tried(mode, "unreachable", backend.redact(_short(describe(e))))
             if isinstance(e, openai.APITimeoutError):
                 return Tried(mode, "error", f"no answer within judge.timeout_s ({p.timeout_s:g} s)")
             retry = e
         except (openai.APIResponseValidationError, ValueError) as e:
-            return Tried(mode, "error", backend._redact(_short(_describe(e))))
+            return Tried(mode, "error", backend.redact(_short(describe(e))))
         if retry is not None:
             if attempt == PROBE_RETRIES:
-                return Tried(mode, "error", backend._redact(_short(f"{_describe(retry)} ({attempt + 1} attempts)")))
-            await asyncio.sleep(backend._delay(attempt, retry))
+                return Tried(mode, "error", backend.redact(_short(f"{describe(retry)} ({attempt + 1} attempts)")))
+            await asyncio.sleep(backend.delay(attempt, retry))
             continue
-        text, refusal = _text_of(completion)
+        text, refusal = text_of(completion)
         if refusal is not None:
             return Tried(mode, "error", f"refused: {_short(refusal)}")
         try:

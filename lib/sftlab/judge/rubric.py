@@ -179,23 +179,7 @@ class Rubric(PromptTemplate):
 
     def parse(self, text: str | None) -> tuple[dict[str, int], dict[str, str]]:
         """The judge's raw text -> ({key: score}, {key: reason}); raises `InvalidJudgment`."""
-        if not text or not text.strip():
-            raise InvalidJudgment("the answer is empty; expected a JSON object")
-        model = self.evaluation_model
-        candidates = [_strip_fences(text)]
-        # Models asked for JSON in the prompt sometimes add a sentence around it.
-        start, end = text.find("{"), text.rfind("}")
-        if 0 <= start < end and text[start:end + 1] != candidates[0]:
-            candidates.append(text[start:end + 1])
-        first_error: ValidationError | None = None
-        for candidate in candidates:
-            try:
-                evaluation = model.model_validate_json(candidate)
-                break
-            except ValidationError as e:
-                first_error = first_error or e
-        else:
-            raise InvalidJudgment(_describe(first_error)) from None
+        evaluation = validate_answer(text, self.evaluation_model)
         scores = {k: getattr(evaluation, k).score for k in self.keys}
         reasons = {k: getattr(evaluation, k).reason for k in self.keys}
         return scores, reasons
@@ -204,6 +188,25 @@ class Rubric(PromptTemplate):
         """Mean of the scores, each normalized to 0–1 by its scale."""
         parts = [(scores[c.key] - c.scale[0]) / (c.scale[1] - c.scale[0]) for c in self.criteria]
         return sum(parts) / len(parts)
+
+
+def validate_answer(text: str | None, model: type[BaseModel]) -> BaseModel:
+    """A judge's raw text as an instance of `model`: the JSON as it is, without a ```json fence, or the outermost
+    {...} (models asked for JSON in the prompt sometimes add a sentence around it). Raises `InvalidJudgment`
+    with the first candidate's validation errors."""
+    if not text or not text.strip():
+        raise InvalidJudgment("the answer is empty; expected a JSON object")
+    candidates = [_strip_fences(text)]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end and text[start:end + 1] != candidates[0]:
+        candidates.append(text[start:end + 1])
+    first_error: ValidationError | None = None
+    for candidate in candidates:
+        try:
+            return model.model_validate_json(candidate)
+        except ValidationError as e:
+            first_error = first_error or e
+    raise InvalidJudgment(_describe(first_error)) from None
 
 
 def _strip_fences(text: str) -> str:

@@ -46,7 +46,8 @@ from sftlab.config import JudgeParams, Params
 from sftlab.files import atomic_write_text
 from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
 from sftlab.judge import cost, pairwise, probe, reference, store
-from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
+from sftlab.judge.api import Job, OpenAIJudge, Outcome
+from sftlab.judge.transport import JudgeConfigError
 from sftlab.judge.batch import BatchJudge
 from sftlab.judge.local import LOCAL_NAME, LocalJudgeServer
 from sftlab.judge.pairwise import PairRubric, load_pair_rubric, model_pairs, pair_name
