@@ -124,6 +124,7 @@ def rules(scope: str, family: str = FONT_FAMILY, monospace: bool = False) -> str
     under = lambda *selectors: ", ".join(f"{scope} {s}" for s in selectors)  # noqa: E731
     return (f"{scope} {{ font-family: {code if monospace else text}; }}\n"
             f"{under('pre', 'code', 'kbd', 'samp')} {{ font-family: {code}; }}\n"
+            f"{under('pre')} {{ white-space: pre-wrap; overflow-wrap: anywhere; }}\n"
             f"{under('input', 'select', 'textarea', 'button', 'table', '.dt-container')} {{ font-family: inherit; }}\n"
             f"{under('table.sftlab-table')} {{ border-collapse: collapse; margin: .3em 0; }}\n"
             f"{under('table.sftlab-table th', 'table.sftlab-table td')} {{ border: 1px solid #ddd; padding: .25em .5em; "
@@ -157,7 +158,9 @@ def box(fragment: str, monospace: bool = False) -> str:
     notebook open in Jupyter, which has no page-level font of ours, draws its Hangul on a machine without Korean
     fonts too."""
     name = "sftlab-box-" + _family(characters(fragment)).rsplit(" ", 1)[1] + ("-mono" if monospace else "")
-    return f'<div class="sftlab-box {name}">{scoped_style(fragment, "." + name, monospace)}{fragment}</div>'
+    # two classes: JupyterLab's own rules for its output (`.jp-RenderedHTMLCommon pre`) are as specific as one
+    scope = f".sftlab-box.{name}"
+    return f'<div class="sftlab-box {name}">{scoped_style(fragment, scope, monospace)}{fragment}</div>'
 
 
 def styled(page: str, scope: str, monospace: bool = False) -> str:
