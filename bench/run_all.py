@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark in one run, one JSON file with every figure, and a table for the README.
+"""`make bench`: every benchmark in one run, one JSON file with every figure, and a table for docs/benchmarks.md.
 
     .venv/bin/python bench/run_all.py [--out outputs/bench/bench.json] [--quick]
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/train.py [--steps 10] [--batch-size 8] [--repeats 2] [--model builtin:smollm2-135m-instruct]
 
 Both configurations train the same model on the same demo rows (steps x batch size of them, each seen
-once) for the same number of steps with the same batch size, through the real path (prepare -> torchrun -> sftlab.train). Origin style: random
+once) for the same number of steps with the same batch size, through the real path (plan -> preflight -> torchrun -> sftlab.train). Origin style: random
 batches, no packing, each batch padded to its longest row. Runs alternate (A B B A ...) so that drift
 of a noisy machine hits both; the median of each is reported. Prints one JSON object: supervised
 tokens/s, padding fraction and peak memory of each, and their ratio.
@@ -43,7 +43,7 @@ def run_once(name: str, overrides: list[str], steps: int, batch_size: int, model
               "train.logging_steps=1", "train.resume=never", f"data.train={rows}"]
     params = load_params(ROOT / "params" / "demo.yaml", common + overrides)
     examples, _ = data.load_splits(params.data, params.seed)
-    plan = train.prepare(params, examples, resolve_model(model))
+    plan = train.plan(params, examples, resolve_model(model))
     train.run(plan, echo=lambda line: None)
     summary = json.loads((plan.train_dir / "train_summary.json").read_text())
     summary["sampling"] = yaml.safe_load(plan.config_path.read_text()).get("train_sampling_strategy", "random")

@@ -47,15 +47,16 @@ class Visit:
 
 
 @contextmanager
-def visit(path: Path, wait_ms: int = 1500):
-    """The page at `path` opened offline; yields a Visit once its scripts had `wait_ms` to run."""
+def visit(path: Path, wait_ms: int = 1500, viewport: tuple[int, int] = (1400, 1000)):
+    """The page at `path` opened offline in a `viewport` (width, height) window; yields a Visit once its scripts
+    had `wait_ms` to run."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
         try:
-            context = browser.new_context(offline=True, viewport={"width": 1400, "height": 1000})
+            context = browser.new_context(offline=True, viewport={"width": viewport[0], "height": viewport[1]})
             requests: list[str] = []
             errors: list[str] = []
             context.on("request", lambda request: requests.append(request.url))
@@ -163,3 +164,18 @@ def browse(url: str, viewport: dict | None = None):
             yield Visit(page, requests, errors)
         finally:
             browser.close()
+
+
+def first_screen(report: Path, image: Path, viewport: tuple[int, int] = (1300, 900)) -> Path:
+    """A PNG of what `report` shows before any scrolling (the docs' screenshots are taken this way)."""
+    with visit(report, viewport=viewport) as seen:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        seen.page.screenshot(path=str(image))
+    return image
+
+
+if __name__ == "__main__":
+    # .venv/bin/python tests/browser.py outputs/demo/reports/score.no-input.html docs/screenshots/score-first-screen.png
+    import sys
+
+    print(first_screen(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -26,10 +26,11 @@ def outputs(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def server():
-    """The OpenAI-compatible test server (tests/judge_server.py) on 127.0.0.1, without faults."""
+    """The OpenAI-compatible test server (tests/judge_server.py) on 127.0.0.1, without faults (a `slow` fault
+    added later answers after 1 s)."""
     from judge_server import FakeJudgeServer
 
-    with FakeJudgeServer() as running:
+    with FakeJudgeServer(slow_s=1.0) as running:
         yield running
 
 
@@ -55,10 +56,14 @@ def tiny_model_path(builtin_model_path, tmp_path_factory) -> Path:
 
     Trains in well under a second per step, so real torchrun runs fit in the test suite.
     """
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), builtin_model_path)
+
+
+def build_tiny_model(path: Path, builtin_model_path: Path) -> Path:
+    """The tiny model of `tiny_model_path`, written into `path` (also used by bench/cluster.py)."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny-model")
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_path)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
@@ -78,7 +83,7 @@ def tiny_params(tmp_path: Path, model_path: Path, **train) -> Path:
     import yaml
 
     settings = {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
-                "save_steps": 2, "max_length": 128, "gradient_checkpointing": False, "audit_rows": 4, **train}
+                "save_steps": 2, "max_length": 160, "gradient_checkpointing": False, "audit_rows": 4, **train}
     params = {"experiment": "tiny", "seed": 0, "model": {"name_or_path": str(model_path)},
               "data": {"train": str(ROOT / "data" / "demo" / "train.jsonl"),
                        "test": str(ROOT / "data" / "demo" / "test.jsonl")},

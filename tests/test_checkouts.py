@@ -157,7 +157,7 @@ def test_a_run_in_one_checkout_runs_its_code_and_writes_only_its_outputs(checkou
         "experiment": "crossing", "seed": 0, "model": {"name_or_path": str(tiny_model_path)},
         "data": {"train": "data/demo/train.jsonl", "test": "data/demo/test.jsonl"},  # from the project root
         "train": {"max_steps": 1, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 1,
-                  "max_length": 128, "gradient_checkpointing": False, "audit_rows": 2},
+                  "max_length": 160, "gradient_checkpointing": False, "audit_rows": 2},
     }), encoding="utf-8")
 
     result = a.sftlab("run", str(params), "--stages", "train")

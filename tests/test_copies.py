@@ -33,9 +33,7 @@ def touch_everything(folder: Path) -> None:
 def plans(file: Path, experiment: str, model: Path):
     params = load_params(file, [f"experiment={experiment}"])
     examples, _ = data.load_splits(params.data, params.seed)
-    trained = train.prepare(params, examples, str(model))
-    train.release(trained)
-    return trained, infer.plan(params), judge.plan(params)
+    return train.plan(params, examples, str(model)), infer.plan(params), judge.plan(params)
 
 
 @pytest.mark.slow
@@ -45,7 +43,7 @@ def test_a_copied_or_untarred_experiment_trains_generates_and_judges_nothing_aga
     file.write_text(yaml.safe_dump({**yaml.safe_load(file.read_text()), **SETTINGS}), encoding="utf-8")
     params = load_params(file)
     examples, _ = data.load_splits(params.data, params.seed)
-    train.run(train.prepare(params, examples, str(tiny_model_path)), echo=lambda line: None)
+    train.run(train.plan(params, examples, str(tiny_model_path)), echo=lambda line: None)
     infer.run(infer.plan(params), echo=lambda line: None)
     judge.run(judge.plan(params), progress=False)
 

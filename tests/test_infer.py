@@ -18,7 +18,7 @@ import yaml
 from conftest import tiny_params
 from transformers import AutoTokenizer
 
-from sftlab import data, infer, models, runner
+from sftlab import data, infer, jsonl, models, runner
 from sftlab.infer import views as infer_views
 from sftlab.config import load_params
 
@@ -87,7 +87,7 @@ def refuse_to_load(path):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return jsonl.read_rows(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,6 +201,25 @@ def test_rerun_generates_only_missing_rows_and_loads_no_model_when_complete(tmp_
     run_inference(params, echo=lambda _: None, make_engine=make)
     assert [e.batches for e in engines.values()] == [[3]]
     assert len(read_jsonl(path)) == 9
+
+
+def test_the_same_plan_run_twice_generates_and_moves_nothing_the_second_time(tmp_path, outputs, tiny_model_path,
+                                                                             tokenizer):
+    params = make_params(tmp_path, tiny_model_path, num_samples=4)
+    make, _ = fake_engines(tokenizer)
+    run_inference(params, echo=lambda _: None, make_engine=make)
+    params.infer.max_new_tokens = 16  # the rows on disk are stale now: run sets them aside and generates again
+    planned = infer.plan(params)
+    assert not list(outputs.rglob("previous-*")) and planned.estimate()["to_generate"] == 4  # planning moved nothing
+    make, engines = fake_engines(tokenizer)
+    infer.run(planned, echo=lambda _: None, make_engine=make)
+    path = planned.jobs[0].path
+    before = path.read_bytes()
+    lines = []
+    summary = infer.run(planned, echo=lines.append, make_engine=refuse_to_load)  # a notebook cell run again
+    assert path.read_bytes() == before and summary.generated == {}
+    assert len(list(path.parent.glob("previous-*/base.jsonl"))) == 1  # the new rows were not set aside again
+    assert lines == ["[sftlab] base: all 4 samples already in base.jsonl"]
 
 
 def test_changed_settings_move_old_rows_aside(tmp_path, outputs, tiny_model_path, tokenizer):

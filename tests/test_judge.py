@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from judge_server import KEY, KEY_ENV, FakeJudgeServer
-from sftlab import config, judge
+from sftlab import config, judge, jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "judged"
@@ -67,8 +67,7 @@ def make_params(server: FakeJudgeServer | None = None, experiment: str = EXPERIM
 
 
 def judge_lines(outputs: Path, experiment: str = EXPERIMENT) -> int:
-    return sum(len(p.read_text(encoding="utf-8").splitlines())
-               for p in (outputs / experiment / "judge").glob("*.jsonl"))
+    return sum(len(jsonl.read_rows(p)) for p in (outputs / experiment / "judge").glob("*.jsonl"))
 
 
 def files_containing(folder: Path, needle: str) -> list[Path]:
@@ -81,12 +80,6 @@ def kiwi_loaded():
     from sftlab.judge import reference
 
     reference.tokenize("한국어")
-
-
-@pytest.fixture
-def server():
-    with FakeJudgeServer(slow_s=1.0) as s:
-        yield s
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,8 +161,34 @@ def test_the_estimate_comes_before_any_request(outputs, server, key):
     estimate = planned.estimate()
     assert (estimate["requests"], estimate["to_judge"], estimate["rows"]) == (rows, rows, rows)
     assert estimate["cost_usd"] > 0 and estimate["prompt_tokens"] > estimate["completion_tokens"] > 0
-    assert server.request_count == 0  # no row: only the capability probe's one tiny request (test_judge_probe)
-    assert len(server.probes) == 1 and estimate["probe_requests"] == 1
+    assert server.request_count == 0 and server.probes == []  # planning sends nothing, not even the probe
+    assert estimate["probe_requests"] == 0 and "not asked yet" in estimate["structured"]
+    assert not (outputs / EXPERIMENT / "judge").exists()  # and writes nothing
+
+
+def test_the_same_plan_run_twice_sends_and_writes_nothing_the_second_time(outputs, server, key):
+    rows = prepare(outputs)
+    planned = judge.plan(make_params(server))
+    first = judge.run(planned, progress=False)
+    assert (first.judged, first.requests, server.request_count, len(server.probes)) == (rows, rows, rows, 1)
+    folder = outputs / EXPERIMENT / "judge"
+    written = {p.name: p.read_bytes() for p in folder.iterdir()}
+    said = []
+    second = judge.run(planned, progress=False, echo=said.append)  # Ctrl+Enter on the run cell again
+    assert (second.judged, second.from_cache, second.requests, second.up_to_date) == (0, 0, 0, rows)
+    assert server.request_count == rows and len(server.probes) == 1  # not one request more, probe included
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == written  # no row appended, nothing rewritten
+    assert said == [f"judge: nothing to do — all {rows} rows of the plan are judged in {folder}"]
+    assert planned.estimate()["to_judge"] == 0  # the plan, refreshed by the run, says the same
+
+
+def test_the_same_plan_run_twice_with_the_reference_judge_writes_nothing_the_second_time(outputs):
+    rows = prepare(outputs, n=2)
+    planned = judge.plan(make_params(None, backend="reference"))
+    assert judge.run(planned, progress=False).judged == rows
+    before = {p: p.read_bytes() for p in (outputs / EXPERIMENT / "judge").iterdir()}
+    assert judge.run(planned, progress=False, echo=lambda line: None).judged == 0
+    assert {p: p.read_bytes() for p in (outputs / EXPERIMENT / "judge").iterdir()} == before
 
 
 TRANSIENT = ["rate_limit", "server_error", "malformed_body", "drop", "malformed_json", "schema_violation",
@@ -459,7 +478,7 @@ def test_a_row_cut_short_by_a_kill_is_judged_again(outputs, monkeypatch, caplog)
         summary = judge.run(judge.plan(params), progress=False)
     assert summary.judged + summary.from_cache == 1
     assert f"{path}: cut off its torn last line" in caplog.text
-    assert [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()] == [
+    assert [row["id"] for row in jsonl.read_rows(path)] == [
         json.loads(lines[0])["id"], json.loads(lines[1][:len(lines[1])])["id"]]  # whole rows only, none lost
     frame = judge.load_judgments(params)
     assert len(frame) == rows and set(frame["status"]) == {"judged"}
@@ -514,7 +533,7 @@ def test_the_notebook_judges_shows_errors_and_never_writes_the_key(outputs, serv
     executed = nbformat.read(executed, as_version=4)
     text = json.dumps([c.get("outputs", []) for c in executed.cells], ensure_ascii=False)
     assert "Scores by an LLM judge" in text and "gpt-4o-mini" in text
-    assert "structured output: json_schema (probed now, 1 request" in text  # the plan's probe, shown
+    assert "structured output: json_schema (probed now, 1 request" in text  # the run's probe, shown
     assert "the judge refused" in text and "I'm sorry, I can't help with that." in text  # the error row, raw text
     assert "image/png" in text  # the score distributions
     assert server.authorization == {f"Bearer {key}"}
@@ -528,6 +547,35 @@ def test_the_notebook_judges_shows_errors_and_never_writes_the_key(outputs, serv
     assert failure in text
     index = (outputs / "index.html").read_text(encoding="utf-8")
     assert 'class="done-with-errors"' in index and html.escape(failure) in index
+
+
+@pytest.mark.slow
+def test_the_notebooks_run_cell_run_twice_in_a_kernel_sends_nothing_the_second_time(outputs, server, key, tmp_path):
+    """The judge notebook's cells up to its run cell, then the run cell again, in a real kernel (by hand in
+    Jupyter: Ctrl+Enter a second time)."""
+    import nbformat
+    import papermill
+
+    from sftlab import kernel
+
+    rows = prepare(outputs)
+    template = nbformat.read(ROOT / "notebooks" / "judge.ipynb", as_version=4)
+    code = [cell for cell in template.cells if cell.cell_type == "code"]
+    run_cell = next(cell for cell in code if "judge_stage.run(planned)" in cell.source)
+    twice = nbformat.v4.new_notebook(metadata={"kernelspec": kernel.kernelspec_metadata()})
+    twice.cells = code[:code.index(run_cell) + 1] + [nbformat.v4.new_code_cell(run_cell.source)]
+    source, executed = tmp_path / "twice.ipynb", tmp_path / "twice-executed.ipynb"
+    nbformat.write(twice, source)
+    settings = {"backend": "openai", "base_url": server.base_url, "api_key_env": KEY_ENV, "max_retries": 1}
+    papermill.execute_notebook(str(source), str(executed), parameters={"experiment": EXPERIMENT, "judge": settings},
+                               kernel_name=kernel.ensure(), cwd=str(ROOT), progress_bar=False)
+
+    cells = nbformat.read(executed, as_version=4).cells
+    first, second = (json.dumps(cell.get("outputs", []), ensure_ascii=False) for cell in cells[-2:])
+    assert f"judged now {rows}" in first and f"requests: {rows}" in first
+    assert "judge: nothing to do" in second and f"up to date {rows}" in second and "requests: 0" in second
+    assert server.request_count == rows and len(server.probes) == 1  # the second run sent nothing
+    assert judge_lines(outputs) == rows  # and appended nothing
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 
 from judge_server import FakeJudgeServer
 from test_judge import EXPERIMENT, KEY, MARK, demo_rows, generation_row, make_params, prepare, write_generations
-from sftlab import judge
+from sftlab import judge, jsonl
 from sftlab.judge import probe
 
 
@@ -22,10 +22,12 @@ def remembered(outputs) -> list[dict]:
     return json.loads((outputs / EXPERIMENT / "judge" / probe.PROBE_FILE).read_text(encoding="utf-8"))
 
 
-def test_an_openai_like_server_is_probed_once_in_json_schema_and_no_row_is_sent_at_plan_time(outputs):
+def test_an_openai_like_server_is_probed_once_in_json_schema_before_the_first_row_not_at_plan_time(outputs):
     with FakeJudgeServer() as server:
         rows = prepare(outputs)
         planned = judge.plan(make_params(server))
+        assert server.probes == [] and planned.structured.how == probe.NOT_ASKED  # planning sends nothing
+        judge.preflight(planned)
         assert server.request_count == 0 and len(server.probes) == 1  # one tiny request, no row
         probed = server.probes[0]
         assert probed["response_format"]["type"] == "json_schema"
@@ -45,6 +47,7 @@ def test_llama_cpp_500_on_json_schema_means_json_object_remembered_per_server_an
         rows = prepare(outputs)
         params = make_params(server)
         planned = judge.plan(params)
+        judge.preflight(planned)
         # json_schema answered 500: unsupported at once (no retries), then json_object worked.
         assert [p["response_format"]["type"] for p in server.probes] == ["json_schema", "json_object"]
         assert planned.structured.mode == "json_object"
@@ -65,7 +68,7 @@ def test_llama_cpp_500_on_json_schema_means_json_object_remembered_per_server_an
 
         # Another model at the same address is another entry.
         write_generations(outputs, "checkpoint-30", [generation_row(s, "checkpoint-30", "x") for s in demo_rows(1)])
-        judge.plan(make_params(server, model="other-model"))
+        judge.preflight(judge.plan(make_params(server, model="other-model")))
         assert len(server.probes) == 2
         assert {(e["model"], e["mode"]) for e in remembered(outputs)} == {("gpt-4o-mini", "json_object"),
                                                                          ("other-model", "json_object")}
@@ -75,12 +78,13 @@ def test_a_changed_server_is_probed_again_with_probe_always(outputs):
     rows = prepare(outputs, n=2)
     with FakeJudgeServer(flavour="llamacpp") as server:
         params = make_params(server)
-        judge.plan(params)
+        judge.preflight(judge.plan(params))
         url = server.base_url
     with FakeJudgeServer() as server:  # a different server: the remembered mode is stale, but still used
         remembered_plan = judge.plan(make_params(server, base_url=url))
         assert remembered_plan.structured.mode == "json_object" and server.probes == []  # (nothing listens at url)
         fresh = judge.plan(make_params(server, probe="always"))
+        judge.preflight(fresh)
         assert fresh.structured.how == "probed" and fresh.structured.mode == "json_schema"
         assert judge.run(fresh, progress=False).judged == rows
         assert {e["mode"] for e in remembered(outputs) if e["base_url"] == server.base_url} == {"json_schema"}
@@ -91,6 +95,7 @@ def test_transformers_serve_ignoring_response_format_still_gets_valid_answers(ou
         rows = prepare(outputs)
         params = make_params(server)
         planned = judge.plan(params)
+        judge.preflight(planned)
         # 200 to json_schema, but the answer ignored it (prose: the probe leaves the shape out of that prompt).
         json_schema, json_object = planned.structured.tried
         assert json_schema.result == "answered" and "the schema was ignored" in json_schema.detail
@@ -101,8 +106,7 @@ def test_transformers_serve_ignoring_response_format_still_gets_valid_answers(ou
         # Every mode states the shape: even json_schema, which this server ignores, gets valid answers.
         forced = make_params(server, experiment="forced", structured="json_schema")
         for path in (outputs / EXPERIMENT / "generations").glob("*.jsonl"):
-            write_generations(outputs, path.stem, [json.loads(line) for line in path.read_text().splitlines()],
-                              experiment="forced")
+            write_generations(outputs, path.stem, jsonl.read_rows(path), experiment="forced")
         server.reset_counts()
         forced_plan = judge.plan(forced)
         assert server.probes == [] and forced_plan.structured.how == "forced"  # a forced mode is not probed
@@ -124,6 +128,7 @@ def test_a_server_refusing_response_format_ends_in_prompt_only_json(outputs):
         rows = prepare(outputs)
         server.add_fault("reject_response_format", probe=True)
         planned = judge.plan(make_params(server))
+        judge.preflight(planned)
         assert planned.structured.mode == "prompt" and len(server.probes) == 3
         assert [t.detail.startswith("HTTP 400") for t in planned.structured.tried] == [True, True, False]
         assert judge.run(planned, progress=False).judged == rows
@@ -135,11 +140,13 @@ def test_a_rate_limited_probe_is_retried_and_an_unanswered_one_is_not_remembered
         prepare(outputs, n=1)
         server.add_fault("rate_limit", times=1, probe=True)
         planned = judge.plan(make_params(server))
+        judge.preflight(planned)
         assert planned.structured.mode == "json_schema" and len(server.probes) == 2
     with FakeJudgeServer() as server:
         server.add_fault("unauthorized", probe=True)  # the run meets the same refusal, and stops as always
         write_generations(outputs, "base", [generation_row(demo_rows(1)[0], "base", "4")], experiment="other")
         planned = judge.plan(make_params(server, experiment="other"))
+        judge.preflight(planned)
         assert planned.structured.how == "undecided" and len(server.probes) == 1
         assert KEY not in str(planned.structured) and "rejected the API key" in str(planned.structured)
         assert not (outputs / "other" / "judge" / probe.PROBE_FILE).exists()
@@ -150,6 +157,7 @@ def test_a_forced_mode_is_used_and_probe_always_only_reports(outputs):
         rows = prepare(outputs, n=1)
         params = make_params(server, structured="json_schema", probe="always", max_retries=0)
         planned = judge.plan(params)
+        judge.preflight(planned)
         assert planned.structured.how == "forced" and planned.structured.mode == "json_schema"
         assert "the probe would pick json_object" in str(planned.structured) and len(server.probes) == 2
         with pytest.raises(judge.JudgeFailed, match="HTTP 500"):  # what the user asked for, no fallback

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from judge_server import FakeJudgeServer
 from test_judge import EXPERIMENT, make_params, prepare
 from sftlab import judge, labels, score
+from sftlab.judge import store
+from sftlab.score import reliability
 
 
 pytestmark = pytest.mark.usefixtures("key")  # the judge's key in the environment (conftest)
@@ -33,8 +38,12 @@ def test_the_offline_judge_is_exactly_self_consistent(outputs):
     card = card_of(params)
     criteria = card["self_consistency"]["criteria"]
     assert card["self_consistency"]["passes"] == 2 and criteria
-    assert all(c["alpha"] == 1.0 and c["disagreement_rate"] == 0.0 and c["n"] == rows for c in criteria.values())
-    assert card["unscored_share"] == {"estimate": 0.0, "n": rows}
+    assert all(c["disagreement_rate"] == 0.0 and c["n"] == rows for c in criteria.values())
+    # α is 1 where the scores vary; where every answer got the same score it is undefined (0/0), not 1
+    assert {c["alpha"] for c in criteria.values()} == {1.0, None}
+    assert all("every score is" in c["undefined"] for c in criteria.values() if c["alpha"] is None)
+    assert card["unscored_share"]["estimate"] == 0.0 and card["unscored_share"]["n"] == rows
+    assert "small_sample" in card["unscored_share"]  # 8 rows < score.min_n 30
     assert card["length_preference"]["n"] == rows
 
     pairwise = make_params(None, backend="reference", mode="pairwise", repeats=2)
@@ -90,8 +99,13 @@ def test_imported_labels_give_kappa_with_an_interval(tmp_path, outputs):
     agreement = card_of(params)["human_agreement"]
     assert agreement["labels"] == rows and agreement["labellers"] == ["synthetic-fixture"]
     for figures in agreement["criteria"].values():
-        assert figures["n"] == rows and figures["kappa"]["estimate"] == 1.0  # the labels are the judge's scores
-        assert figures["kappa"]["low"] is not None
+        assert figures["n"] == rows and "small_sample" in figures  # 20 labels < score.min_n 30
+        if figures["kappa"]["estimate"] is None:  # judge and labels gave every answer the same score
+            assert "undefined" in figures["kappa"]["note"] and figures["kappa"]["low"] is None
+        else:
+            assert figures["kappa"]["estimate"] == 1.0  # the labels are the judge's scores
+            assert figures["kappa"]["low"] is not None
+    assert any(f["kappa"]["estimate"] == 1.0 for f in agreement["criteria"].values())
 
     # A revised label wins over the earlier one.
     first = judged[0]
@@ -162,3 +176,133 @@ def test_the_labelling_form_saves_what_is_chosen(outputs, mode):
     assert row["labeller"] == "synthetic-fixture"
     assert row["scores"][criterion["key"]] == chosen
     assert ("~" in key[0]) == (mode == "pairwise")
+
+
+# --------------------------------------------------------------------------------------------
+# Krippendorff's α, weighted κ and small samples, against published or independently computed values
+# --------------------------------------------------------------------------------------------
+
+# Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", the worked example with missing data:
+# 4 coders (rows) x 12 units (columns), None = not coded. Published: nominal α = 0.743, ordinal 0.815,
+# interval 0.849.
+KRIPPENDORFF_2011 = [[1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
+                     [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+                     [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
+                     [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None]]
+
+
+def passes_frame(table: list[list], criterion: str = "c") -> pd.DataFrame:
+    """Judge passes (rows of sftlab.score.samples.judgment_passes) from a passes x units table; a None
+    is a failed pass."""
+    rows = []
+    for repeat, scores in enumerate(table):
+        for unit, value in enumerate(scores):
+            row = {"checkpoint": "c", "id": f"u{unit}", "repeat": repeat,
+                   "judge_status": "judged" if value is not None else "error"}
+            if value is not None:
+                row[score.SCORE_PREFIX + criterion] = value
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_alpha_reproduces_krippendorffs_worked_example_with_missing_values():
+    import krippendorff
+
+    matrix = np.array(KRIPPENDORFF_2011, dtype=float)
+    for level, published in (("nominal", 0.743), ("interval", 0.849)):  # the transcription is right
+        assert krippendorff.alpha(reliability_data=matrix, level_of_measurement=level) == pytest.approx(
+            published, abs=5e-4)
+    result = reliability.self_consistency(passes_frame(KRIPPENDORFF_2011), scales={"c": (1, 5)})
+    figures = result["criteria"]["c"]
+    assert figures["alpha"] == pytest.approx(0.815, abs=5e-4)
+    assert figures["n"] == 11  # unit 12 has one value: it cannot be paired; every other unit counts
+    assert figures["missing"] == 7 and result["missing_passes"] == 7
+    assert figures["domain"].startswith("1..5")
+
+
+def test_alpha_keeps_units_with_a_failed_pass_and_is_never_a_shortcut_one():
+    import krippendorff
+
+    # Complete units agree perfectly; the units where one of three passes failed disagree. The old
+    # shortcut (complete units only, one value there) reported α = 1.0.
+    table = [[3, 3, 3, 3, 1, 5, 2, None],
+             [3, 3, 3, 3, 5, None, 4, 1],
+             [3, 3, 3, 3, None, 1, None, 5]]
+    result = reliability.self_consistency(passes_frame(table), scales={"c": (1, 5)})["criteria"]["c"]
+    expected = krippendorff.alpha(reliability_data=np.array(table, dtype=float), level_of_measurement="ordinal",
+                                  value_domain=[1, 2, 3, 4, 5])
+    assert expected < 0 and result["alpha"] == pytest.approx(expected, abs=1e-4)
+    assert result["n"] == 8 and result["disagreement_rate"] == pytest.approx(0.5)
+    # a value that occurs only next to a failed pass (1 here) is inside the rubric's domain: no crash
+
+
+def test_alpha_is_undefined_with_the_reason_when_it_cannot_be_computed():
+    constant = reliability.self_consistency(passes_frame([[4, 4, 4], [4, 4, 4]]), scales={"c": (1, 5)})
+    figures = constant["criteria"]["c"]
+    assert figures["alpha"] is None and "every score is 4" in figures["undefined"]
+    assert figures["disagreement_rate"] == 0.0
+    lonely = reliability.self_consistency(passes_frame([[4, None, 2], [5, 3, None]]), scales={"c": (1, 5)})
+    assert lonely["criteria"]["c"]["alpha"] is None and "1 unit(s)" in lonely["criteria"]["c"]["undefined"]
+
+
+def test_weighted_kappa_counts_unused_scale_points_as_sklearn_with_labels():
+    from sklearn.metrics import cohen_kappa_score
+
+    judge_scores = np.array([1, 1, 2, 2, 5, 5, 1, 2, 5, 5, 2, 1])
+    human = np.array([1, 2, 2, 1, 5, 2, 1, 2, 5, 1, 5, 1])
+    kappa, note = labels.weighted_kappa(judge_scores, human, (1, 5))
+    reference = cohen_kappa_score(judge_scores, human, weights="quadratic", labels=[1, 2, 3, 4, 5])
+    assert note is None and kappa == pytest.approx(reference, abs=1e-12)
+    unused_dropped = cohen_kappa_score(judge_scores, human, weights="quadratic")  # 1, 2, 5 as if equally spaced
+    assert abs(unused_dropped - reference) > 0.01
+
+
+def test_a_mean_of_passes_is_rounded_half_up_for_kappa():
+    assert labels.round_half_up([2.5, 3.5, 1.49, 4.5]).tolist() == [3, 4, 1, 5]  # np.rint: 2, 4, 1, 4
+
+
+def test_kappa_of_a_constant_judge_says_why_instead_of_a_confident_zero():
+    kappa, note = labels.weighted_kappa(np.full(8, 3.0), np.array([1, 2, 3, 4, 5, 3, 2, 4]), (1, 5))
+    assert kappa == 0.0 and "the judge gave every labelled answer 3" in note
+    kappa, note = labels.weighted_kappa(np.full(4, 3.0), np.full(4, 3), (1, 5))
+    assert math.isnan(kappa) and "undefined" in note
+
+
+def test_small_samples_are_flagged_everywhere_in_the_card():
+    card = {"a": {"estimate": 0.5, "n": 4}, "b": {"inner": {"estimate": 1.0, "n": 40}, "n": 29},
+            "c": [{"n": 3}]}
+    assert reliability.flag_small_samples(card, 30) == 3
+    assert "n = 4 < score.min_n 30" in card["a"]["small_sample"]
+    assert "small_sample" not in card["b"]["inner"] and "small_sample" in card["c"][0]
+
+
+def test_the_score_stage_survives_failed_passes_and_says_what_is_missing(outputs):
+    rows = prepare(outputs, n=6)
+    params = make_params(None, backend="reference", repeats=2)
+    judge.run(judge.plan(params), progress=False)
+    latest = store.latest_rows(params.layout.judge)
+    (checkpoint, sample_id, _), row = next(iter(latest.items()))
+    key = max(row.scores, key=lambda k: len({r.scores[k] for r in latest.values()}))  # a criterion that varies
+    with store.Appender(params.layout.judge) as out:
+        # pass 0: a score no other row has, next to a failed pass 1 (the old code's "out-of-domain" crash)
+        out.append(row.model_copy(update={"scores": {**row.scores, key: 1}, "repeat": 0}))
+        out.append(row.model_copy(update={"status": "error", "scores": None, "error": "HTTP 500", "repeat": 1}))
+        other = [r for (c, i, rep), r in latest.items() if (c, i) != (checkpoint, sample_id) and rep == 1][0]
+        out.append(other.model_copy(update={"status": "error", "scores": None, "error": "timeout"}))
+    card = card_of(params)
+    consistency = card["self_consistency"]
+    assert consistency["missing_passes"] == 2 and consistency["units"] == rows
+    figures = consistency["criteria"][key]
+    assert figures["n"] == rows - 2  # two units have one pass left: not pairable, counted as missing
+    assert figures["alpha"] == 1.0  # the pairable units agree (the reference judge is deterministic)
+    assert "small_sample" in figures  # 10 units < score.min_n 30
+
+
+def test_the_card_reads_the_pairwise_judge_summary(outputs):
+    prepare(outputs, n=4)
+    params = make_params(None, backend="reference", mode="pairwise")
+    judge.run(judge.plan(params), progress=False)
+    assert params.layout.judge_summary(pairwise=True).is_file() and not params.layout.judge_summary().exists()
+    card = card_of(params)
+    assert card["pairwise_costs"]["judgments"] == 8 and "seconds_per_1000" in card["pairwise_costs"]
+    assert card["pairwise"]["flip_rate"]["meaning"].startswith("a position flip")

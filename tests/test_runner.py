@@ -121,7 +121,7 @@ def test_runs_within_one_second_get_their_own_folders(tmp_path, outputs):
 
     layout = load_params(params_file(tmp_path)).layout
     started = 1796049302.0  # 2026-11-30T14:35:02Z
-    names = [runner._new_run_dir(layout, "train", started + i / 10).name for i in range(3)]
+    names = [runner.new_run_dir(layout, "train", started + i / 10).name for i in range(3)]
     assert names == ["20261130T143502Z-train", "20261130T143502Z-train-2", "20261130T143502Z-train-3"]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sftlab import runner, score
+from sftlab import jsonl, runner, score
 from sftlab.config import validate
 from sftlab.infer import GenerationsError
 
@@ -76,6 +76,26 @@ def test_summary_counts_rates_and_intervals(outputs):
     assert "exp" in json.loads((written / "headline.json").read_text())
 
 
+def test_run_writes_the_figures_and_the_same_plan_run_twice_writes_nothing_the_second_time(outputs):
+    make_experiment(outputs, "exp")
+    planned = score.plan(params_for("exp"))
+    estimate = planned.estimate()
+    assert estimate["reading"] == {"exp": {"generation_files": 2, "judgment_files": 2, "pairwise_judgment_files": 0}}
+    scores = outputs / "exp" / "scores"
+    assert not scores.exists()  # planning and estimating write nothing
+    first = score.run(planned)
+    assert {p.name for p in first.figures} == {"criteria.png", "training_curves.png", "degeneration.png",
+                                               "score_distributions.png"}
+    assert all(p.parent == scores / "figures" and p.read_bytes().startswith(b"\x89PNG") for p in first.figures)
+    assert set(first.changed) == set(first.written) and scores / "summary.csv" in first.written
+    times = {p: p.stat().st_mtime_ns for p in scores.rglob("*")}
+    said = []
+    second = score.run(planned, echo=said.append)  # the notebook's cell run again
+    assert second.changed == [] and said == [f"score: nothing to do — every table and figure in {scores} is up to date"]
+    assert {p: p.stat().st_mtime_ns for p in scores.rglob("*")} == times
+    pd.testing.assert_frame_equal(first.tables["summary"], second.tables["summary"])
+
+
 def test_unscored_rows_are_excluded_and_counted_not_zero(outputs):
     make_experiment(outputs, "exp", judge_errors=5)
     summary = score.run(score.plan(params_for("exp"))).tables["summary"].set_index("checkpoint")
@@ -88,7 +108,7 @@ def test_unscored_rows_are_excluded_and_counted_not_zero(outputs):
 def test_the_latest_judgment_of_a_sample_wins(outputs):
     make_experiment(outputs, "exp")
     path = outputs / "exp" / "judge" / "base.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = jsonl.read_rows(path)
     rows[0] = judgment("s00", "base", None, status="error")  # the failure first...
     rows.append(judgment("s00", "base", 1.0))  # ...then its repair, appended by a re-run
     write_rows(path, rows)

@@ -14,8 +14,8 @@ import yaml
 from conftest import tiny_params
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sftlab import checkpoints, data, train
-from sftlab.train import audit, launch, trainer
+from sftlab import checkpoints, data, jsonl, train
+from sftlab.train import audit, launch, supervision, trainer
 from sftlab.train import views as train_views
 from sftlab.config import ParamsError, load_params
 
@@ -23,7 +23,9 @@ from sftlab.config import ParamsError, load_params
 def plan_for(tmp_path, model_path, **train_settings):
     params = load_params(tiny_params(tmp_path, model_path, **train_settings))
     examples, _ = data.load_splits(params.data, params.seed)
-    return params, train.prepare(params, examples, str(model_path))
+    planned = train.plan(params, examples, str(model_path))
+    train.preflight(planned, label_audit=False)
+    return params, planned
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,6 +69,18 @@ def test_multi_node_needs_an_endpoint_and_passes_it(tmp_path, outputs, tiny_mode
     _, plan = plan_for(tmp_path, tiny_model_path, nnodes=2, node_rank=1, rdzv_endpoint="node0:29400")
     command = " ".join(plan.command)
     assert "--nnodes 2 --node_rank 1 --rdzv_backend c10d --rdzv_endpoint node0:29400" in command
+
+
+def test_plan_takes_no_lock_and_writes_nothing_the_preflight_does(tmp_path, outputs, tiny_model_path):
+    params = load_params(tiny_params(tmp_path, tiny_model_path))
+    planned = train.plan(params)
+    assert not outputs.exists()  # no train/, no train.lock, no rows, no config
+    assert planned.estimate()["rows"] > 0 and planned.estimate()["resume_from_step"] == 0
+    train.preflight(planned, label_audit=False)
+    assert planned.lock_path.exists() and yaml.safe_load(planned.config_path.read_text()) == planned.config
+    assert len(jsonl.read_rows(planned.train_dir / "train.jsonl")) == planned.rows
+    train.release(planned)
+    assert not planned.lock_path.exists()
 
 
 def test_legacy_collator_masks_every_pad_id_including_eos():
@@ -136,8 +150,12 @@ def test_a_dedicated_pad_token_fixes_the_legacy_collator(tmp_path, outputs, tiny
 
 def test_audit_catches_answers_cut_by_max_length(tmp_path, outputs, tiny_model_path):
     _, plan = plan_for(tmp_path, tiny_model_path, max_length=40)
+    with pytest.raises(supervision.SupervisionError, match=r"training rows are longer than train.max_length=40"):
+        audit.run_label_audit(plan.config_path, rows=4)  # refused by default: nothing is cut silently
+    train.release(plan)
+    _, plan = plan_for(tmp_path, tiny_model_path, max_length=40, overlong="keep_start")
     with pytest.raises(audit.UnsupervisedEOSError, match="cut by max_length"):
-        audit.run_label_audit(plan.config_path, rows=4)
+        audit.run_label_audit(plan.config_path, rows=4)  # cut on purpose: the audit still says what that costs
 
 
 def test_bfd_packing_with_the_legacy_collator_is_refused_at_params_time(tmp_path, outputs, tiny_model_path):
@@ -217,16 +235,26 @@ def test_one_process_run_streams_its_log_and_writes_loadable_checkpoints(tmp_pat
 def test_a_second_launch_with_the_same_config_trains_nothing(tmp_path, outputs, tiny_model_path):
     params, plan = plan_for(tmp_path, tiny_model_path, max_steps=2)
     train.run(plan, echo=lambda line: None)
+    assert (plan.train_dir / "curves.png").stat().st_size > 0  # run writes the figure, the notebook shows it
+    log = plan.log_path.read_text(encoding="utf-8")
+    # The same plan run again (a notebook cell run twice): nothing launched, nothing written.
+    before = {p: p.stat().st_mtime_ns for p in plan.train_dir.rglob("*")}
+    lines = []
+    assert train.run(plan, echo=lines.append).skipped
+    assert lines and "nothing to do" in lines[0]
+    assert plan.log_path.read_text(encoding="utf-8") == log
+    assert {p: p.stat().st_mtime_ns for p in plan.train_dir.rglob("*")} == before
+    # A new plan of the same config: nothing to do either.
     examples, _ = data.load_splits(params.data, params.seed)
-    again = train.prepare(params, examples, str(tiny_model_path))
+    again = train.plan(params, examples, str(tiny_model_path))
     assert again.skip
     lines = []
     train.run(again, echo=lines.append)
     assert lines and "nothing to do" in lines[0]
-    # A changed config over existing checkpoints is refused, not mixed in.
+    # A changed config over existing checkpoints is refused at planning, not mixed in.
     changed = load_params(tiny_params(tmp_path, tiny_model_path, max_steps=2, learning_rate=0.5))
     with pytest.raises(ValueError, match="changed: learning_rate"):
-        train.prepare(changed, examples, str(tiny_model_path))
+        train.plan(changed, examples, str(tiny_model_path))
 
 
 @pytest.mark.slow
@@ -290,9 +318,11 @@ def test_resume_after_sigkill_finishes_with_a_continuous_history(tmp_path, outpu
 
 @pytest.mark.slow
 def test_a_resumed_run_counts_tokens_as_an_uninterrupted_one(tmp_path, outputs, tiny_model_path):
-    """Train 6 steps; then cut the folder back to what a kill after checkpoint-3 leaves and resume to 6."""
-    params, plan = plan_for(tmp_path, tiny_model_path, max_steps=6, save_steps=3)
+    """Train 6 steps; then cut the folder back to what a kill after checkpoint-3 leaves and resume to 6
+    (keep_optimizer: all, so that checkpoint-3 keeps the optimizer state it had before checkpoint-6)."""
+    params, plan = plan_for(tmp_path, tiny_model_path, max_steps=6, save_steps=3, keep_optimizer="all")
     train.run(plan, echo=lambda line: None)
+    assert checkpoints.has_optimizer_state(plan.train_dir / "checkpoint-3")
     whole = json.loads((plan.train_dir / "train_summary.json").read_text())
     whole_log = json.loads((plan.train_dir / "trainer_state.json").read_text())["log_history"]
 
@@ -301,7 +331,7 @@ def test_a_resumed_run_counts_tokens_as_an_uninterrupted_one(tmp_path, outputs, 
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     examples, _ = data.load_splits(params.data, params.seed)
     lines = []
-    train.run(train.prepare(params, examples, str(tiny_model_path)), echo=lines.append)
+    train.run(train.plan(params, examples, str(tiny_model_path)), echo=lines.append)
     assert any("resuming from" in line and "checkpoint-3" in line for line in lines)
     resumed = json.loads((plan.train_dir / "train_summary.json").read_text())
     log = json.loads((plan.train_dir / "trainer_state.json").read_text())["log_history"]

@@ -66,7 +66,7 @@ def test_killing_the_runners_process_group_stops_the_training_and_a_second_train
         params = load_params(ROOT / "params" / "demo.yaml", overrides)
         examples, _ = data.load_splits(params.data, params.seed)
         with pytest.raises(train_lock.TrainLocked) as refused:
-            train.prepare(params, examples, str(tiny_model_path))
+            train.preflight(train.plan(params, examples, str(tiny_model_path)), label_audit=False)
         message = str(refused.value)
         holder = json.loads(params.layout.train_lock().read_text())
         assert f"pid {holder['pid']} on host {socket.gethostname()} since {holder['started']}" in message
@@ -88,7 +88,8 @@ def test_killing_the_runners_process_group_stops_the_training_and_a_second_train
 
     # The killed run's lock names a process that is gone: the next run takes it over and says so.
     said = []
-    planned = train.prepare(params, examples, str(tiny_model_path), echo=said.append)
+    planned = train.plan(params, examples, str(tiny_model_path))
+    train.preflight(planned, echo=said.append, label_audit=False)
     assert said == [f"[sftlab] taking over a stale train lock: {train_lock.describe(holder)}; that process no "
                     f"longer holds it ({params.layout.train_lock()})"]
     train.release(planned)

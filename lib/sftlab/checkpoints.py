@@ -4,6 +4,15 @@ A checkpoint is *complete* when the trainer wrote its state file and the model w
 writes `trainer_state.json` after the weights, optimizer and scheduler, so a folder left by a kill in
 the middle of a save lacks it and is never resumed from or evaluated.
 
+What a checkpoint keeps (`train.keep_optimizer`): every complete checkpoint keeps what a model is (weights,
+config, tokenizer, generation config) and `trainer_state.json`, all that infer and score read. The state
+only resuming needs (`RESUME_STATE`: optimizer, scheduler, gradient scaler, RNG states; Adam's two fp32
+moments alone are twice the fp32 weights) is kept by the newest complete checkpoint only (`newest`, the
+default) or by all (`all`). `prune_resume_state` removes it from the older ones, and is called only once a
+newer checkpoint is complete, so a kill at any moment leaves a checkpoint to resume from exactly. A
+checkpoint without it is *weights-only*: evaluated like any other, refused as a resume point
+(`check_resumable`).
+
 `content_fingerprint(folder)` identifies a model folder (a checkpoint, a converted base model) by what
 it generates with, never by where it is or when its files were written: a copied or moved experiment
 keeps its generations, a retrained checkpoint does not.
@@ -85,13 +94,57 @@ def remove_partial(train_dir: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
+# Resume state
+# --------------------------------------------------------------------------------------------
+
+# What only resuming reads: the optimizer (optimizer.pt; a folder optimizer_<n> for sharded FSDP state), the
+# scheduler, the gradient scaler, the RNG states. Nothing infer, score or from_pretrained reads.
+RESUME_STATE = re.compile(r"^(optimizer(\.pt|\.bin|_\d+)|scheduler\.pt|scaler\.pt|rng_state.*\.pth)$")
+
+
+def resume_state(checkpoint: Path) -> list[Path]:
+    """The files and folders of `checkpoint` that only resuming needs."""
+    return sorted(p for p in Path(checkpoint).iterdir() if RESUME_STATE.match(p.name))
+
+
+def has_optimizer_state(checkpoint: Path) -> bool:
+    return any(p.name.startswith("optimizer") for p in resume_state(checkpoint))
+
+
+def prune_resume_state(train_dir: Path) -> list[Path]:
+    """Remove the resume state of every complete checkpoint older than the newest complete one; return the
+    checkpoints it was removed from. Safe at any moment: the newest complete checkpoint is never touched, and
+    a kill in the middle leaves a checkpoint pruned in part, which the next call finishes."""
+    done = list_checkpoints(train_dir)
+    pruned = []
+    for checkpoint in done[:-1]:
+        found = resume_state(checkpoint)
+        for path in found:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if found:
+            pruned.append(checkpoint)
+    return pruned
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """Raise ValueError when `checkpoint` holds weights only: resuming from it would silently restart the
+    optimizer (the trainer loads its state only if the file is there) and the learning-rate schedule."""
+    if not has_optimizer_state(checkpoint):
+        raise ValueError(
+            f"{checkpoint} holds weights only, no optimizer and scheduler state (train.keep_optimizer: newest "
+            "removes them from a checkpoint once a newer one is complete; save_only_model never writes them), so "
+            "training cannot resume from it exactly. Resume from the newest complete checkpoint (train.resume: "
+            f"auto), or train from these weights in a new experiment (model.name_or_path: {checkpoint}); set "
+            "train.keep_optimizer: all to keep every checkpoint resumable in future runs")
+
+
+# --------------------------------------------------------------------------------------------
 # Content fingerprint
 # --------------------------------------------------------------------------------------------
 
-# What a checkpoint folder holds for resuming only (optimizer, scheduler, RNG, the pickled arguments with
-# their absolute output_dir, the trainer state): nothing a model generates with.
-_NOT_THE_MODEL = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|training_args\.bin|"
-                            r"trainer_state\.json|README\.md)$")
+# What a checkpoint folder holds for resuming only (RESUME_STATE, the pickled arguments with their absolute
+# output_dir, the trainer state): nothing a model generates with, so pruning leaves the fingerprint as it was.
+_NOT_THE_MODEL = re.compile(r"^(training_args\.bin|trainer_state\.json|README\.md)$")
 FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole (config, tokenizer, chat template)
 SAMPLES, SAMPLE_BYTES = 64, 64 * 2**10  # larger ones (weights): their header and 64 chunks spread over the file
 
@@ -104,7 +157,8 @@ def content_fingerprint(folder: Path) -> str:
     at all, whatever its modification times. Reads about 4 MiB per weight file: cheap enough to compute
     each time, so there is no cache to go stale."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and not _NOT_THE_MODEL.match(p.name)):
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and not _NOT_THE_MODEL.match(p.name)
+                       and not RESUME_STATE.match(p.name)):
         size = path.stat().st_size
         digest.update(f"{path.name}\0{size}\0".encode())
         with open(path, "rb") as f:

@@ -1,6 +1,10 @@
 """The `sftlab` command.
 
     sftlab run PARAMS [--stages train,infer] [--set train.max_steps=5 ...]   run an experiment or a study folder
+        [--executor local|slurm|PROFILE.yaml] [--wait]   here (local), or submitted as Slurm jobs (slurm): the
+                                                job ids are printed and the command returns, or follows them
+    sftlab status PARAMS [--wait] [--json]      each stage's state (and job), refreshed from the scheduler
+    sftlab cancel PARAMS                        cancel every queued or running job of the experiment or study
     sftlab notebook PARAMS --stage STAGE [--set ...] [--force]   write a parameterized copy of a stage notebook
                                                 under the experiment and print the `jupyter lab` command
     sftlab resolve PARAMS [--set ...]                                        print the params as they would run
@@ -8,6 +12,8 @@
     sftlab prepare-train PARAMS [--set ...]     write the train config and data, run the label audit, print the
                                                 torchrun command (for launching by hand, e.g. under Slurm)
     sftlab import-labels PARAMS FILE            import human labels (CSV or JSONL) for the reliability card
+    sftlab import-recipe RECIPE.yaml [-o params/NAME.yaml]   a TRL / alignment-handbook recipe as a params file:
+                                                what it mapped and dropped, then every remaining problem at once
     sftlab index                                                             rebuild outputs/index.html
 """
 
@@ -21,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from sftlab.errors import SftlabError
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftlab", description="Full fine-tuning of chat LLMs, judged.")
@@ -33,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a param, e.g. --set train.max_steps=5 (repeatable; value read as YAML)")
     run.add_argument("--kernel", help="Jupyter kernel name (default: $SFTLAB_KERNEL or this checkout's own kernel, "
                      "`python -m sftlab.kernel name`)")
+    run.add_argument("--executor", help="where the stages run: local, slurm, or a YAML file of executor keys (a "
+                     "cluster profile); the same as --set executor.backend=... (default: the params' executor)")
+    run.add_argument("--wait", action="store_true", help="slurm: follow the jobs to their end instead of returning")
+
+    for name, text in (("status", "each stage's state and job, refreshed from the scheduler"),
+                       ("cancel", "cancel every queued or running job of the experiment or study folder")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("params", help="the params file or study folder that was run")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        if name == "status":
+            command.add_argument("--wait", action="store_true", help="follow until every job has ended")
+            command.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     notebook = sub.add_parser("notebook", help="write a parameterized copy of a stage notebook under the experiment "
                               "(outputs/<exp>/notebooks/) to open by hand; the templates stay untouched")
@@ -59,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     import_labels.add_argument("file")
     import_labels.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    import_recipe = sub.add_parser("import-recipe", help="write a params file from a TRL or alignment-handbook "
+                                   "training recipe (flat YAML), saying what was mapped, dropped and why")
+    import_recipe.add_argument("recipe")
+    import_recipe.add_argument("-o", "--output", help="the params file to write (default: params/<recipe name>.yaml)")
+
     sub.add_parser("index", help="rebuild outputs/index.html")
     return parser
 
@@ -66,18 +91,32 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from sftlab import reports, runner
-    from sftlab.train import TrainLocked, UnsupervisedEOSError
-    from sftlab.config import ParamsError, load_params
+    from sftlab import executor, reports, runner
+    from sftlab.config import load_params
     from sftlab.data import DataError
-    from sftlab.kernel import KernelError
-    from sftlab.models import ModelError, resolve_model
+    from sftlab.models import resolve_model
+    from sftlab.train import UnsupervisedEOSError
 
     try:
         if args.command == "run":
             stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-            runner.run(args.params, stages=stages, overrides=args.overrides, kernel=args.kernel)
+            overrides = executor.executor_overrides(args.executor) + args.overrides
+            ran = executor.run(args.params, stages=stages, overrides=overrides, kernel=args.kernel, wait=args.wait)
+            if ran[0].executor.backend == "slurm" and not args.wait:
+                print(f"submitted; follow: sftlab status {shlex.quote(args.params)} [--wait]; "
+                      f"cancel: sftlab cancel {shlex.quote(args.params)}", file=sys.stderr)
             print(f"index: {reports.build_index()}")
+        elif args.command in ("status", "cancel"):
+            layouts = executor.layouts_of(args.params, args.overrides)
+            if args.command == "cancel":
+                rows = executor.cancel(layouts)
+            elif args.wait:
+                rows = executor.follow(layouts, echo=lambda line: print(line, file=sys.stderr))
+            else:
+                rows = executor.refresh(layouts)
+            print(executor.status_json(rows) if getattr(args, "json", False) else executor.format_rows(rows))
+            if any(r.status in executor.UNSUCCESSFUL for r in rows) and args.command == "status":
+                return 1
         elif args.command == "notebook":
             copy = runner.notebook_copy(load_params(args.params, args.overrides), args.stage, force=args.force)
             print(f"notebook: {copy}", file=sys.stderr)
@@ -96,12 +135,33 @@ def main(argv: list[str] | None = None) -> int:
             count = labels.import_file(params, args.file)
             print(f"{count} labels imported into {labels.labels_file(params.layout)}; the next score run shows the "
                   f"judge's agreement with them")
+        elif args.command == "import-recipe":
+            return import_recipe(args.recipe, args.output)
         elif args.command == "index":
             print(reports.build_index())
-    except (ParamsError, DataError, ModelError, UnsupervisedEOSError, TrainLocked, runner.StageFailed, KernelError,
-            FileNotFoundError, FileExistsError, ValueError) as e:
+    # DataError and UnsupervisedEOSError: by name until their modules derive them from SftlabError too.
+    except (SftlabError, DataError, UnsupervisedEOSError, FileNotFoundError, FileExistsError, ValueError,
+            executor.ExecutorError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def import_recipe(recipe: str, output: str | None) -> int:
+    """Write the params file, list what was mapped and dropped, then validate it: every remaining problem at
+    once (exit 1 when there is one; the file stays, to be edited)."""
+    from sftlab import recipes
+    from sftlab.config import ParamsError, load_params
+
+    target, converted = recipes.import_recipe(recipe, output)
+    print(f"wrote {target}", file=sys.stderr)
+    print(converted.header(recipe), end="", file=sys.stderr)
+    try:
+        load_params(target)
+    except ParamsError as e:
+        print(f"sftlab: {target} needs editing before it runs:\n{e}", file=sys.stderr)
+        return 1
+    print(f"{target} validates: run it with `sftlab run {target}`", file=sys.stderr)
     return 0
 
 
@@ -111,7 +171,8 @@ def prepare_train(params) -> None:
     from sftlab.config import write_resolved
 
     write_resolved(params)
-    planned = train.prepare_and_audit(params, echo=lambda line: print(line, file=sys.stderr))
+    planned = train.plan(params)
+    train.preflight(planned, echo=lambda line: print(line, file=sys.stderr))
     train.release(planned)  # the torchrun started by hand is not ours to lock for
     print(f"train config: {planned.config_path}", file=sys.stderr)
     print(" ".join(planned.command))

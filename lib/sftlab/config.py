@@ -2,16 +2,19 @@
 
 A params file is also a papermill parameter file (`papermill nb.ipynb out.ipynb -f params/demo.yaml`),
 so its top-level keys are the notebooks' parameters: `experiment`, `seed`, `base`, `model`, `data`,
-`train`, `infer`, `judge`, `score`.
+`train`, `infer`, `judge`, `score`, `executor`.
 
 Loading (`load_params`):
     1. read the file with a safe YAML loader;
     2. if it names `base: other.yaml` (relative to itself), load that first, recursively, and deep-merge
        this file over it (mappings merge key by key; lists and scalars replace);
     3. apply `--set dotted.key=value` overrides (values parsed as YAML: `5` is an int, `true` a bool);
-    4. validate with pydantic, then what the schema cannot see: the trainer's pass-through values as the
-       training process will parse them (sftlab.trainer_fields), whether the model exists or can be
-       fetched (sftlab.models.model_problem), the pad token against the model's vocabulary.
+    4. validate with pydantic, then what the schema cannot see (sftlab.checks): the trainer's pass-through
+       values as the training process will parse them, whether the model exists or can be fetched, the pad
+       token against the model's vocabulary, the rubric files.
+
+The allowed values of the train knobs are declared in sftlab.knobs (the training script uses them too);
+files are written through sftlab.files.
 
 `experiment` is never inherited from a base: it defaults to the loaded file's own name. Every experiment
 name (`experiment`, `score.experiments`, ...) must be a folder directly under outputs/.
@@ -25,19 +28,21 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sftlab import paths
+from sftlab import checks, paths, trainer_fields
+from sftlab.files import atomic_write_text
+from sftlab.knobs import Collator, DType, Loss, Overlong, Packing, Resume, Turns, collator_conflict
+from sftlab.errors import SftlabError
 
-TOP_LEVEL_KEYS = ("experiment", "seed", "base", "model", "data", "train", "infer", "judge", "score")
+TOP_LEVEL_KEYS = ("experiment", "seed", "base", "model", "data", "train", "infer", "judge", "score", "executor")
 
 
-class ParamsError(ValueError):
+class ParamsError(SftlabError, ValueError):
     """A params file (or an override) that cannot be used; the message says where and why."""
 
 
@@ -71,53 +76,85 @@ def _experiment_name(name: str) -> str:
 
 ExperimentName = Annotated[str, AfterValidator(_experiment_name)]
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: see sftlab.models.weights_dtype
 
 
 class ModelParams(_Section):
     name_or_path: str = "builtin:smollm2-135m-instruct"  # builtin:NAME, a hub id, or a local folder
-    revision: str | None = None
+    revision: str | None = None  # a hub revision (branch, tag or commit) of name_or_path
     dtype: DType = "auto"  # auto: bf16 on GPU, fp32 on CPU for inference; fp32 weights for training
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repository's own code (only for models you trust)
+    chat_template: str | None = None  # a Jinja template file, or the text itself: replaces the tokenizer's own
 
 
 class ColumnMap(_Section):
-    """Which columns of the dataset hold what. A row is either `messages` or question/answer."""
+    """Which columns of the dataset hold what. A row is `messages`, ShareGPT `conversations`, or
+    question/answer (+ input); TRL's prompt/completion and Alpaca's instruction/input/output are recognised
+    by those names (docs/data.md)."""
 
-    id: str = "id"
-    messages: str = "messages"
-    question: str = "question"
-    answer: str = "answer"
-    system: str = "system"
+    id: str = "id"  # a unique id per row (without one: made up from the file and row number)
+    messages: str = "messages"  # a list of {role, content} turns
+    conversations: str = "conversations"  # ShareGPT: [{from, value}, ...], used when a row has no messages
+    question: str = "question"  # with `answer`: one user turn and one assistant turn
+    answer: str = "answer"  # the reference answer the model is trained on and judged against
+    input: str = "input"  # when not empty: appended to the question after a blank line (Alpaca's input)
+    system: str = "system"  # an optional system message per row
+
+
+class MixtureSource(_Section):
+    """One source of a training mixture (the alignment-handbook's `dataset_mixture` entries)."""
+
+    source: str  # a file, a save_to_disk folder, or a hub dataset id
+    split: str | None = None  # None: data.train_split
+    weight: float = Field(1.0, gt=0, le=1)  # the fraction of this source's rows taken (seeded); 1.0: all
 
 
 class DataParams(_Section):
-    train: str = "data/demo/train.jsonl"  # .jsonl/.json/.csv/.parquet file, or a hub dataset id
-    train_split: str = "train"  # split name when `train` is a hub dataset
+    # A .jsonl/.json (also .gz)/.csv/.parquet file, a save_to_disk folder, a hub dataset id, or a mixture:
+    # a list of {source, split, weight} (docs/data.md).
+    train: str | list[MixtureSource] = "data/demo/train.jsonl"
+    train_split: str = "train"  # split name when `train` is a hub dataset or a DatasetDict folder
     test: str | None = "data/demo/test.jsonl"  # None: split `test_size` off the training rows
-    test_split: str = "test"
+    test_split: str = "test"  # split name when `test` is a hub dataset
     test_size: float = Field(0.1, gt=0)  # fraction (<1) or number of rows (>=1) for the seeded split
     columns: ColumnMap = ColumnMap()
     system_prompt: str | None = None  # added to rows that have no system message of their own
+    # Test rows whose prompt is also a training prompt: error (list them), or drop them from train (counted).
+    overlap: Literal["error", "drop"] = "error"
 
-
-# The allowed values of the train knobs, declared once: the schema below and sftlab.train's
-# ScriptArguments both use these.
-Loss = Literal["completion", "all"]
-Packing = Literal[False, "bfd", "wrapped"]
-Collator = Literal["trl", "legacy_pad_masked"]
-PAD_TOKEN_CHOICES = ("eos", "add")  # ...or any token of the model's vocabulary
-Resume = Literal["auto", "never"] | str  # auto: the newest complete checkpoint; never; or a checkpoint path
-
-
-def collator_conflict(collator: str, padding_free: bool) -> str | None:
-    """Why `collator` cannot train padding-free batches (None if it can). Asked by the schema and, for
-    hand-written configs, by sftlab.train."""
-    if collator == "legacy_pad_masked" and padding_free:
-        return ("collator: legacy_pad_masked pads each batch and masks the pad id, but packing: bfd and "
-                "padding_free: true train padding-free (no pad tokens at all). Use packing: false or wrapped "
-                "with this collator, or collator: trl.")
-    return None
+    @field_validator("train", mode="before")
+    @classmethod
+    def _mixture(cls, value: Any) -> Any:
+        """A mixture's sources, checked here so that each problem is one line naming the source's position
+        (left to the union, a list would also be reported as "expected a string")."""
+        shape = "a list of {source, split, weight}"
+        if isinstance(value, dict):
+            raise ValueError(f"a mapping; a mixture is {shape} (the alignment-handbook's dataset_mixture "
+                             "{datasets: [{id, split, weight}]} becomes [{source: <id>, split, weight}, ...])")
+        if not isinstance(value, list):
+            return value
+        if not value:
+            raise ValueError(f"an empty mixture: {shape}, or one source")
+        sources, problems = [], []
+        for i, item in enumerate(value):
+            if isinstance(item, MixtureSource):
+                sources.append(item)
+                continue
+            if not isinstance(item, dict):
+                problems.append(f"[{i}]: expected a mapping {{source, split, weight}}, got {item!r}")
+                continue
+            try:
+                sources.append(MixtureSource.model_validate(item))
+            except ValidationError as e:
+                for err in e.errors():
+                    key = ".".join(map(str, err["loc"]))
+                    if err["type"] == "extra_forbidden":
+                        hint = " (the dataset is `source`)" if key in ("id", "path", "name", "dataset") else ""
+                        problems.append(f"[{i}].{key}: unknown key{hint}; a source has source, split, weight")
+                    else:
+                        problems.append(f"[{i}].{key}: {err['msg']}, got {err.get('input')!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sources
 
 
 class TrainKnobs(BaseModel):
@@ -129,9 +166,11 @@ class TrainKnobs(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     # What the origin's collator study varies.
-    loss: Loss = "completion"
-    packing: Packing = False
-    collator: Collator = "trl"
+    loss: Loss = "completion"  # completion: loss on the answers only; all: on the whole conversation
+    turns: Turns = "all"  # every assistant turn carries loss (weight: 0 turns excepted); last: only the final one
+    overlong: Overlong = "error"  # rows longer than max_length: refuse, drop, or cut (keep_start / keep_end)
+    packing: Packing = False  # TRL packing of several rows per sequence; bfd trains padding-free
+    collator: Collator = "trl"  # legacy_pad_masked: the old collator that masks every pad id (reproduces its bug)
     pad_token: str = "eos"  # eos | add | a token of the model's vocabulary
     allow_unsupervised_eos: bool = False  # True only to reproduce the never-stops failure on purpose
     audit_rows: int = Field(8, ge=1)  # rows tokenized by the label audit before launch
@@ -139,10 +178,11 @@ class TrainKnobs(BaseModel):
 
     # Launch.
     nproc_per_node: int | Literal["auto"] = "auto"  # auto: number of GPUs, else 1
-    nnodes: int = 1
-    node_rank: int = 0
+    nnodes: int = 1  # machines taking part in one training run
+    node_rank: int = 0  # this machine's place among them (0 holds the rendezvous)
     rdzv_endpoint: str | None = None  # host:port of node 0 for multi-node runs
-    resume: Resume = "auto"
+    resume: Resume = "auto"  # auto: the newest complete checkpoint; never: start over; or a checkpoint path
+    keep_optimizer: Literal["newest", "all"] = "newest"  # which checkpoints keep the optimizer/scheduler state
 
 
 class TrainParams(TrainKnobs):
@@ -165,16 +205,6 @@ class TrainParams(TrainKnobs):
     report_to: str | list[str] | None = None
 
     @model_validator(mode="after")
-    def _extra_keys_are_sft_config_fields(self) -> "TrainParams":
-        extra = sorted(self.model_extra or {})
-        if extra:
-            valid = sft_config_fields()
-            for key in extra:
-                if key not in valid:
-                    raise ValueError(_unknown_key_message(key, set(type(self).model_fields) | valid))
-        return self
-
-    @model_validator(mode="after")
     def _collator_fits_packing(self) -> "TrainParams":
         padding_free = self.packing == "bfd" or bool((self.model_extra or {}).get("padding_free"))
         conflict = collator_conflict(self.collator, padding_free)
@@ -185,6 +215,74 @@ class TrainParams(TrainKnobs):
 
 OWN_TRAIN_KEYS = frozenset(TrainKnobs.model_fields)  # not SFTConfig fields: never passed to it as such
 
+_NO_HUB = ("sftlab does not push to the Hub (the label audit and every launch stay offline); upload a "
+           "checkpoint of outputs/<experiment>/train/ yourself, e.g. `hf upload REPO outputs/EXP/train/checkpoint-N`")
+# trl.SFTConfig fields that sftlab decides itself: a value in the train section would be half-applied (or
+# silently overridden), so it is refused with the key that does the job.
+OWNED_TRAINER_KEYS = {
+    "output_dir": "checkpoints always go to outputs/<experiment>/train/: choose the folder with `experiment:`",
+    "seed": "use the top-level `seed:`; it seeds the data split, the trainer and sampling alike",
+    "completion_only_loss": "use train.loss: completion (answers only) or all (every token)",
+    "assistant_only_loss": "use train.turns: all (every assistant turn) or last; sftlab masks turns itself, "
+                           "no {% generation %} markers needed",
+    "packing_strategy": "use train.packing: bfd or wrapped",
+    "truncation_mode": "use train.overlong: keep_start or keep_end (or drop, or error: the default)",
+    "chat_template_path": "use model.chat_template (a template file or the template text); it is applied "
+                          "before the stop tokens are derived",
+    "gradient_checkpointing_kwargs": "its one setting is train.use_reentrant (true/false)",
+    "model_init_kwargs": "sftlab loads the model itself: use model.dtype, model.revision, model.trust_remote_code",
+    "dataset_text_field": "sftlab renders every row with the chat template itself (see the data section)",
+    "dataset_kwargs": "sftlab prepares the rows itself (see the data section)",
+    "eval_dataset_name": "the eval rows are data.test (or the split of data.test_size)",
+    "push_to_hub": _NO_HUB,
+    **{key: _NO_HUB for key in ("hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
+                                "hub_always_push", "hub_revision")},
+}
+# Keys of TRL/alignment-handbook recipes and scripts that are not (or no longer) trainer fields, with the
+# params key that means the same thing (`sftlab import-recipe` maps them for you).
+FOREIGN_KEYS = {
+    "model_name_or_path": "model.name_or_path",
+    "model_revision": "model.revision",
+    "torch_dtype": "model.dtype",
+    "dtype": "model.dtype",
+    "trust_remote_code": "model.trust_remote_code",
+    "attn_implementation": "nothing yet: sftlab loads the model with transformers' default attention; remove it",
+    "use_flash_attention_2": "nothing yet: sftlab loads the model with transformers' default attention; remove it",
+    "chat_template": "model.chat_template",
+    "dataset_name": "data.train (a file, a saved dataset folder or a hub id)",
+    "dataset_mixture": "data.train as a list of {source, split, weight}",
+    "dataset_splits": "data.train_split and data.test_split",
+    "dataset_config": "data.train (one source per entry)",
+    "dataset_configs": "data.train (one source per entry)",
+    "dataset_train_split": "data.train_split",
+    "dataset_test_split": "data.test_split",
+    "preprocessing_num_workers": "train.dataset_num_proc",
+    "max_seq_length": "train.max_length",
+    "warmup_ratio": "train.warmup_steps (a value below 1 is a fraction of the steps)",
+    "evaluation_strategy": "train.eval_strategy",
+    "overwrite_output_dir": "nothing: a changed config over existing checkpoints is refused; train.resume: never "
+                            "starts over (the old run is kept aside)",
+    "hub_model_revision": "nothing: " + _NO_HUB,
+}
+
+
+def train_key_problems(train: Any) -> list[tuple[str, str]]:
+    """(key, message) for every key of a raw train section that cannot be used as given: keys sftlab owns,
+    keys of recipes with their params name, and unknown keys — all at once, not one per round."""
+    if not isinstance(train, dict):
+        return []
+    valid = sft_config_fields()
+    own = set(TrainParams.model_fields)
+    problems = []
+    for key in map(str, train):
+        if key in own:
+            continue
+        if key in OWNED_TRAINER_KEYS:
+            problems.append((key, f"train.{key}: set by sftlab, not here: {OWNED_TRAINER_KEYS[key]}"))
+        elif key not in valid:
+            problems.append((key, _unknown_key_message(key, own | valid, prefix="train.")))
+    return problems
+
 
 class InferParams(_Section):
     # hf: transformers with sftlab's own batched decode loop (the default; nothing else to install);
@@ -192,12 +290,12 @@ class InferParams(_Section):
     engine: Literal["hf", "vllm"] = "hf"
     checkpoints: Literal["all", "last"] | list[str] = "all"  # the base model is always added
     num_samples: int | None = Field(None, ge=1)  # None: the whole test set
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(16, ge=1)  # prompts generated together (length-sorted)
+    max_new_tokens: int = Field(128, ge=1)  # an answer still going here ends with finish_reason: length
     do_sample: bool = False  # greedy by default
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = None
+    temperature: float = Field(1.0, gt=0)  # with do_sample
+    top_p: float = Field(1.0, gt=0, le=1)  # with do_sample: nucleus sampling
+    top_k: int | None = None  # with do_sample: only the k likeliest tokens
     repetition_penalty: float = Field(1.0, gt=0)  # 1.0: none; > 1 discourages tokens already in prompt or answer
     seed: int | None = None  # None: the experiment's seed
 
@@ -211,14 +309,15 @@ class JudgeParams(_Section):
     mode: Literal["single", "pairwise"] = "single"
     repeats: int = Field(1, ge=1)  # judge every row this many times: the reliability card's self-consistency
     pairs: Literal["baseline", "adjacent", "all"] = "baseline"  # pairwise: which models are compared
-    pairwise_rubric: str = "params/rubrics/pairwise_ko.yaml"
+    pairwise_rubric: str = "params/rubrics/pairwise_ko.yaml"  # pairwise: for rows without a rubric of their language
+    # pairwise: the rubric of each language (meta.lang), as rubric_by_lang
     pairwise_rubric_by_lang: dict[str, str] | None = {"ko": "params/rubrics/pairwise_ko.yaml",
                                                       "en": "params/rubrics/pairwise_en.yaml"}
     rubric: str = "params/rubrics/qa_ko.yaml"  # for rows whose meta.lang has no entry in rubric_by_lang
     # A row is judged by the rubric of its language (meta.lang): a Korean rubric would mark every English
     # answer down on fluency. null or {} judges every row with `rubric`.
     rubric_by_lang: dict[str, str] | None = {"ko": "params/rubrics/qa_ko.yaml", "en": "params/rubrics/qa_en.yaml"}
-    model: str = "gpt-4o-mini"
+    model: str = "gpt-4o-mini"  # the judge model, as the server names it
     base_url: str | None = None  # any OpenAI-compatible server
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself never goes in a file
     # auto: the mode the capability probe finds (sftlab.judge.probe), falling back on 400/422 during the run
@@ -232,12 +331,12 @@ class JudgeParams(_Section):
     # reasoning models accept only their own max_completion_tokens). A small local judge can run on to its
     # context limit without one: minutes per row on CPU.
     max_tokens: int | None = Field(None, ge=1)
-    concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    concurrency: int = Field(8, ge=1)  # requests in flight at once
+    timeout_s: float = Field(60.0, gt=0)  # per request; a timeout is retried
+    max_retries: int = Field(5, ge=0)  # retries of a 429, 5xx, timeout or dropped connection
     backoff_base_s: float = Field(1.0, gt=0)  # retry n waits ~base * 2**n (jittered), or what retry-after says
     backoff_max_s: float = Field(60.0, gt=0)  # cap on any one wait, retry-after included
-    max_cost_usd: float | None = None
+    max_cost_usd: float | None = None  # no new request once this is spent; the rest stay not_judged
     prices: dict[str, dict[str, float]] = {}  # model -> {input_per_mtok, output_per_mtok}; over the built-in table
     # The OpenAI Batch API: half price, results within 24 h; a killed or re-run stage polls the batches it
     # already created (judge/batches.json) instead of paying twice.
@@ -250,11 +349,18 @@ class JudgeParams(_Section):
 class ScoreParams(_Section):
     experiments: list[ExperimentName] = []  # other experiments to compare with this one
     baseline: str | None = None  # "<experiment>/<checkpoint>" or "<checkpoint>"; default: the base model
-    bootstrap: int = Field(2000, ge=100)
-    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap: int = Field(2000, ge=100)  # bootstrap resamples per interval
+    confidence: float = Field(0.95, gt=0, lt=1)  # of every interval
     # When the judge's self-consistency (Krippendorff's α over judge.repeats passes) falls below this, the
     # score report says its ranking is not trustworthy instead of naming a winner. None: off.
     min_alpha: float | None = Field(None, ge=-1, le=1)
+    # Every figure of the reliability card (and every ranking interval) computed from fewer items than this
+    # is flagged "small sample": a handful of labels or units does not support a confident number.
+    min_n: int = Field(30, ge=1)
+    # The pairwise ranking also controls for style (Arena-Hard-Auto's style control: length in tokens and
+    # characters, markdown headers, lists, bold, share of Hangul) and makes that the headline ranking; the
+    # raw Bradley-Terry ranking is shown beside it. False: the raw ranking only.
+    style_control: bool = True
     # What was observed of each experiment outside sftlab (e.g. by eye, in an earlier study): shown beside
     # the measured numbers in the study table. experiment -> text.
     observations: dict[ExperimentName, str] = {}
@@ -280,15 +386,85 @@ class ScoreParams(_Section):
         return value
 
 
+# A Slurm time limit: minutes, or "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS" (sbatch --time).
+SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def slurm_time_minutes(value: str | int) -> int:
+    """A Slurm time limit in whole minutes (rounded up), as sbatch reads it: "90" = 90 min, "30:00" = 30 min,
+    "4:00:00" = 240 min, "1-12" = 36 h. Raises ValueError for anything else."""
+    if isinstance(value, int):
+        minutes = value
+    else:
+        match = SLURM_TIME.fullmatch(str(value).strip())
+        if not match:
+            raise ValueError(f"{value!r} is not a Slurm time limit: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+                             f"D-HH:MM:SS (e.g. 90, \"4:00:00\", \"1-12:00:00\")")
+        days, first, second, third = match.groups()
+        if days is not None:  # D-HH[:MM[:SS]]
+            seconds = int(days) * 86400 + int(first) * 3600 + int(second or 0) * 60 + int(third or 0)
+        elif third is not None:  # HH:MM:SS
+            seconds = int(first) * 3600 + int(second) * 60 + int(third)
+        elif second is not None:  # MM:SS
+            seconds = int(first) * 60 + int(second)
+        else:  # MM
+            seconds = int(first) * 60
+        minutes = -(-seconds // 60)
+    if minutes < 1:
+        raise ValueError(f"{value!r}: a job needs at least one minute")
+    return minutes
+
+
+def _slurm_time(value: str | int | None) -> str | int | None:
+    if value is not None:
+        slurm_time_minutes(value)
+    return value
+
+
+class JobResources(_Section):
+    """What a stage's cluster job asks of the scheduler (sbatch's options of the same names). None: not
+    asked here (the executor's value, else the cluster's default). sftlab.executor resolves them per stage."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: Annotated[str | int | None, AfterValidator(_slurm_time)] = None  # minutes, or "HH:MM:SS", "D-HH:MM:SS"
+    nodes: int | None = Field(None, ge=1)  # only the train job spans nodes (srun + torchrun)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | None = None  # per node, as sbatch --mem reads it: "64G", "0" (all of the node's)
+    # More #SBATCH directives, as sbatch spells them: {constraint: h100, exclusive: true, mail-type: END}.
+    extra: dict[str, str | int | bool] = {}
+
+
+class ExecutorParams(JobResources):
+    """Where the stages run (sftlab.executor). local: here, one after another (the default). slurm: each
+    stage of each experiment is a job, in dependency order. The keys above are every job's; each stage's
+    own section overrides them key by key (`extra` merges). Without its own section, a judge or score job
+    asks for one node and no GPU, and an infer job for one node."""
+
+    backend: Literal["local", "slurm"] = "local"
+    time: Annotated[str | int | None, AfterValidator(_slurm_time)] = "4:00:00"  # every job's, unless its stage's says
+    train: JobResources = JobResources()
+    infer: JobResources = JobResources()
+    judge: JobResources = JobResources()
+    score: JobResources = JobResources()
+    # The job gets SIGUSR2 this long before its time limit, checkpoints its state and is requeued; the train
+    # stage then resumes from its newest complete checkpoint.
+    signal_before_s: int = Field(120, ge=10)
+    max_requeues: int = Field(10, ge=0)  # requeues on reaching the time limit (preemptions are not counted)
+
+
 class Params(_Section):
-    experiment: ExperimentName
-    seed: int = 42
+    experiment: ExperimentName  # the folder outputs/<experiment>/; default: the params file's own name
+    seed: int = 42  # the experiment's seed: data split, training, sampling
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
     infer: InferParams = InferParams()
     judge: JudgeParams = JudgeParams()
     score: ScoreParams = ScoreParams()
+    executor: ExecutorParams = ExecutorParams()
 
     @property
     def layout(self) -> paths.ExperimentLayout:
@@ -306,8 +482,6 @@ class Params(_Section):
 
 def sft_config_fields() -> set[str]:
     """The trl.SFTConfig fields the train section may set (sftlab.trainer_fields: without importing trl)."""
-    from sftlab import trainer_fields
-
     return trainer_fields.names()
 
 
@@ -427,65 +601,20 @@ def validate(data: dict, sources: dict[tuple, str] | None = None, default_source
     """The schema, then what it cannot see: the trainer's pass-through values (as the training process
     will parse them), whether the model exists or can be fetched, the pad token against its vocabulary."""
     sources = sources or {}
+    keys = [f"{_source_of(('train', key), sources, default_source)}: {message}"
+            for key, message in train_key_problems(data.get("train"))]
     try:
         params = Params.model_validate(data)
     except ValidationError as e:
-        raise ParamsError(_explain(e, data, sources, default_source)) from None
-    problems: list[tuple[tuple, str]] = _trainer_field_problems(params)
-    problems += _model_problems(params)
-    if not problems:  # the pad token is looked up in the model's vocabulary: only once the model is fine
-        pad = _pad_token_problem(params)
-        problems += [(("train", "pad_token"), pad)] if pad else []
+        # One round: the schema's problems and the train section's keys together.
+        raise ParamsError(_explain(e, data, sources, default_source, keys)) from None
+    if keys:
+        raise ParamsError("invalid params:\n  " + "\n  ".join(keys))
+    problems = checks.problems(params)
     if problems:
         lines = [f"{_source_of(loc, sources, default_source)}: {'.'.join(loc)}: {problem}" for loc, problem in problems]
         raise ParamsError("invalid params:\n  " + "\n  ".join(lines))
     return params
-
-
-def _trainer_field_problems(params: Params) -> list[tuple[tuple, str]]:
-    """The train section's trl.SFTConfig keys, checked as the training process's TrlParser will read them
-    (sftlab.trainer_fields): a wrong value fails here, not 30-200 s into the train stage."""
-    extra = params.train.model_extra or {}
-    if not extra:
-        return []
-    from sftlab import trainer_fields
-
-    problems = []
-    for key, value in extra.items():
-        problem = trainer_fields.problem(key, value)
-        if problem:
-            problems.append((("train", key), f"{problem} (a trl.SFTConfig field)"))
-    return problems
-
-
-def _model_problems(params: Params) -> list[tuple[tuple, str]]:
-    """A model that is neither on disk nor fetchable fails here, not a minute into the train stage."""
-    from sftlab import models
-
-    problems = []
-    problem = models.model_problem(params.model.name_or_path)
-    if problem:
-        problems.append((("model", "name_or_path"), problem))
-    if params.judge.backend == "local":
-        problem = models.model_problem(params.judge.local_model)
-        if problem:
-            problems.append((("judge", "local_model"), problem))
-    return problems
-
-
-def _pad_token_problem(params: Params) -> str | None:
-    """A pad-token choice that is neither eos, add nor a token of the model's vocabulary — checked here
-    when the model is already on disk (otherwise the label audit checks it before training)."""
-    choice = params.train.pad_token
-    if choice in PAD_TOKEN_CHOICES:
-        return None
-    from sftlab import models
-
-    folder = models.local_model_folder(params.model.name_or_path)
-    if folder is None or choice in models.vocabulary(folder):
-        return None
-    return (f"{choice!r} is not a token of the vocabulary of {folder}; use eos (pad = EOS), add (a dedicated "
-            "pad token, embeddings resized) or a token of the vocabulary")
 
 
 def from_notebook(params_file: str | None = None, **injected: Any) -> Params:
@@ -531,23 +660,6 @@ def write_resolved(params: Params, directory: str | os.PathLike | None = None) -
     return target
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide reports from other readers
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, target)
-
-
 # --------------------------------------------------------------------------------------------
 # Error messages
 # --------------------------------------------------------------------------------------------
@@ -555,6 +667,8 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 def _unknown_key_message(key: str, valid: set[str], where: str | None = None, prefix: str = "") -> str:
     """`key` is the last part of the dotted name; `prefix` the section it is in ("train.")."""
+    if key in FOREIGN_KEYS and key not in valid:
+        return f"{where + ': ' if where else ''}unknown key '{prefix}{key}'; in a params file: {FOREIGN_KEYS[key]}"
     close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
     return f"{where + ': ' if where else ''}unknown key '{prefix}{key}'{hint}"
@@ -622,7 +736,8 @@ _EXPECTED = {
 }
 
 
-def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], default: str) -> str:
+def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], default: str,
+             more: list[str] = ()) -> str:
     lines: list[str] = []
     wrong_type: dict[tuple[str, str, str], list[str]] = {}
     for err in error.errors():
@@ -637,12 +752,7 @@ def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], defa
             lines.append(f"{where}: {dotted}: required key is missing")
         elif err["type"] == "value_error":
             message = err["msg"].removeprefix("Value error, ")
-            unknown = re.match(r"unknown key '([^']+)'", message)
-            if unknown and loc == ("train",):  # from TrainParams: name the section and the file
-                where = _source_of(("train", unknown.group(1)), sources, default)
-                message = message.replace("key '", "key 'train.").replace("mean '", "mean 'train.")
-                lines.append(f"{where}: {message}")
-            elif loc == ("train",) and message.startswith("collator:"):  # name every file that set a side of it
+            if loc == ("train",) and message.startswith("collator:"):  # name every file that set a side of it
                 keys = [("train", key) for key in ("collator", "packing", "padding_free") if ("train", key) in sources]
                 where = " and ".join(dict.fromkeys(sources[key] for key in keys)) or default
                 lines.append(f"{where}: train.{message}")
@@ -654,4 +764,4 @@ def _explain(error: ValidationError, data: dict, sources: dict[tuple, str], defa
             wrong_type.setdefault((where, dotted, repr(err.get("input"))), []).append(expected)
     for (where, dotted, got), expected in wrong_type.items():
         lines.append(f"{where}: {dotted}: expected {' or '.join(dict.fromkeys(expected))}, got {got}")
-    return "invalid params:\n  " + "\n  ".join(dict.fromkeys(lines))
+    return "invalid params:\n  " + "\n  ".join(dict.fromkeys(lines + list(more)))

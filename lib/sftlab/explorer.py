@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from sftlab import pages
-from sftlab.judge.store import reasons_text
+from sftlab.judge.store import SCORE_PREFIX, reasons_text
 
 FOLD_AT = 200  # characters: longer texts show their start and unfold on a click
 PAGE_LENGTH = 10
@@ -43,10 +43,25 @@ table.sftlab-explorer td.dt-type-numeric { text-align: right !important; }
 
 
 class Table(str):
-    """An HTML table that Jupyter displays as HTML and that prints as itself (a plain string)."""
+    """An HTML table that Jupyter displays as HTML. As text (its text/plain output: what the runner's terminal
+    log shows, never raw markup) it is a one-line note; `str(table)` is the HTML."""
+
+    note = "an interactive table: open the notebook or its HTML report"
+
+    def __new__(cls, markup: str, note: str | None = None) -> "Table":
+        made = super().__new__(cls, markup)
+        if note:
+            made.note = note
+        return made
 
     def _repr_html_(self) -> str:
         return str(self)
+
+    def __repr__(self) -> str:
+        return f"[{self.note}]"
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(repr(self))
 
 
 def init() -> None:
@@ -129,7 +144,8 @@ def table(frame: pd.DataFrame, text: Iterable[str] = (), filters: Iterable[str] 
                                   "initCollapsed": True, "layout": f"columns-{min(3, len(filters))}",
                                   "dtOpts": {"select": {"style": "multi"}}}
     body = itables.to_html_datatable(shown, caption=escape(caption) if caption else None, **options)
-    return Table(STYLE + pages.box(body))
+    note = f"interactive table of {len(frame)} rows{': ' + caption if caption else ''} (in the notebook and its HTML report)"
+    return Table(STYLE + pages.box(body), note)
 
 
 def generations(frame: pd.DataFrame) -> Table:
@@ -163,8 +179,8 @@ def judgments(frame: pd.DataFrame, answers: pd.DataFrame | None = None) -> Table
         shown["finish_reason"] = keyed["finish_reason"].reindex(index).to_numpy()
     shown["status"] = frame["status"]
     shown["overall"] = pd.to_numeric(frame.get("overall"), errors="coerce")
-    for column in [c for c in frame.columns if c.startswith("score_")]:
-        shown[column.removeprefix("score_")] = pd.to_numeric(frame[column], errors="coerce")
+    for column in [c for c in frame.columns if c.startswith(SCORE_PREFIX)]:
+        shown[column.removeprefix(SCORE_PREFIX)] = pd.to_numeric(frame[column], errors="coerce")
     shown["reasons"] = frame["reasons"].map(lambda r: reasons_text(r if isinstance(r, dict) else None)) \
         if "reasons" in frame else ""
     shown["error"] = frame.get("error")
@@ -174,8 +190,6 @@ def judgments(frame: pd.DataFrame, answers: pd.DataFrame | None = None) -> Table
 
 def samples(frame: pd.DataFrame) -> Table:
     """The score stage's per-sample table (`score.tables["samples"]`): every answer with its scores."""
-    from sftlab.score.samples import SCORE_PREFIX
-
     frame = frame.reset_index(drop=True)
     columns = [c for c in ("experiment", "checkpoint", "id", "lang", "category") if c in frame]
     shown = frame[columns].copy()
@@ -201,8 +215,6 @@ def compare_frame(samples: pd.DataFrame, a: str, b: str, outcomes: pd.DataFrame 
     model names). With `outcomes` (the score stage's pairwise table, judge.mode: pairwise) each row also gets the
     pairwise verdict between the two from B's side (-4..4, both orders summed; 0 when the orders disagree,
     flagged `flip`), which orders the rows when there are no single scores."""
-    from sftlab.score.samples import SCORE_PREFIX
-
     def pick(name: str) -> pd.DataFrame:
         experiment, _, checkpoint = name.rpartition("/")
         chosen = samples[samples["checkpoint"] == checkpoint]
@@ -258,7 +270,7 @@ def compare(samples: pd.DataFrame, a: str, b: str, outcomes: pd.DataFrame | None
     frame = compare_frame(samples, a, b, outcomes)
     caption = f"A = {a}, B = {b}: {len(frame)} shared samples, largest |Δ overall| first"
     if frame.empty:
-        return Table(f"<p>{escape(caption)}</p>")
+        return Table(f"<p>{escape(caption)}</p>", caption)
     text = [c for c in ("question", "A answer", "B answer", "A reasons", "B reasons", "reference") if c in frame]
     return table(frame, text=text, filters=["lang", "category", "A finish", "B finish"], caption=caption)
 

@@ -28,12 +28,14 @@ from typing import Any, Iterable, Iterator
 
 from pydantic import BaseModel, ValidationError
 
+from sftlab.errors import SftlabError
+
 
 log = logging.getLogger("sftlab.jsonl")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a str every surrogate is lone: json.loads joins pairs
 
 
-class RowsError(ValueError):
+class RowsError(SftlabError, ValueError):
     """A JSONL file with a line that is not a JSON object; the message names the file and line."""
 
 

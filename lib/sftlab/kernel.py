@@ -41,6 +41,7 @@ from pathlib import Path
 
 import sftlab
 from sftlab import paths
+from sftlab.errors import SftlabError
 
 EXPECT_PACKAGE_ENV = "SFTLAB_EXPECT_PACKAGE"  # the runner's sftlab package folder, exported to the kernel
 LEGACY_NAME = "sftlab"  # the kernel earlier set-ups shared between checkouts
@@ -51,7 +52,7 @@ _PROBE = ("import importlib.util, json, os, sys; s = importlib.util.find_spec('s
           "'package': s and s.origin and os.path.dirname(os.path.realpath(s.origin))}))")
 
 
-class KernelError(RuntimeError):
+class KernelError(SftlabError, RuntimeError):
     """A kernel that would run another environment's or another checkout's code, or none at all."""
 
 

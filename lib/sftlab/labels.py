@@ -33,7 +33,6 @@ import csv
 import json
 import math
 import random
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,16 @@ import numpy as np
 import pandas as pd
 
 from sftlab import jsonl, paths
+from sftlab.clock import utc_now
 from sftlab.config import Params
-from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, pair_name
+from sftlab.errors import SftlabError
+from sftlab.files import atomic_write_text
+from sftlab.infer import store
+from sftlab.judge import store as judgments
+from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, model_pairs, pair_name
+from sftlab.judge.rubric import load_rubric
+from sftlab.judge.stage import pairwise_baseline, rubric_path
+from sftlab.judge.store import SCORE_PREFIX
 
 LABELS_FILE = "labels.jsonl"
 LABELLERS_FILE = "labellers.json"  # login name -> the name its person labels under
@@ -53,7 +60,7 @@ HIGH_OVERALL = 0.6  # the rubric's weighted mean (0-1) from which a judge calls 
 REPETITIVE = 0.2  # seq-rep-4: a fifth of the answer's 4-grams repeat (fluent text is near 0)
 
 
-class LabelsError(ValueError):
+class LabelsError(SftlabError, ValueError):
     """A label file that cannot be imported; the message names the file, line and field."""
 
 
@@ -66,14 +73,10 @@ def latest(layout: paths.ExperimentLayout) -> dict[tuple[str, str], dict[str, An
     return {(row["checkpoint"], str(row["id"])): row for row in jsonl.read_rows(labels_file(layout))}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def add(layout: paths.ExperimentLayout, checkpoint: str, sample_id: str, scores: dict[str, int], labeller: str,
         source: str = "widget", picked: str | None = None) -> None:
     row = {"id": str(sample_id), "checkpoint": checkpoint, "scores": scores, "labeller": labeller, "source": source,
-           "labelled_at": _now()}
+           "labelled_at": utc_now()}
     jsonl.append_rows(labels_file(layout), [row if picked is None else {**row, "picked": picked}])
 
 
@@ -97,8 +100,6 @@ def remembered_labeller(layout: paths.ExperimentLayout) -> str:
 
 def remember_labeller(layout: paths.ExperimentLayout, name: str) -> None:
     """Keep `name` as this login's labeller name (not a secret: it is written into every label anyway)."""
-    from sftlab.config import atomic_write_text
-
     path = layout.labels / LABELLERS_FILE
     try:
         names = json.loads(path.read_text(encoding="utf-8"))
@@ -113,8 +114,6 @@ def remember_labeller(layout: paths.ExperimentLayout, name: str) -> None:
 
 def import_file(params: Params, path: str | Path, criteria: list[str] | None = None) -> int:
     """Import labels from a CSV or JSONL file; return how many. Checks every row before writing any."""
-    from sftlab.infer import store
-
     path = Path(path)
     if not path.exists():
         raise LabelsError(f"{path}: file not found")
@@ -145,7 +144,7 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
                 continue
             rows.append({"id": str(row["id"]), "checkpoint": row["checkpoint"],
                          "scores": {CRITERION: VERDICTS[verdict] if verdict in VERDICTS else int(verdict)},
-                         "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
+                         "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": utc_now()})
             continue
         key = (str(row["checkpoint"]), str(row["id"]))
         if key not in known:
@@ -168,7 +167,7 @@ def import_file(params: Params, path: str | Path, criteria: list[str] | None = N
             problems.append(f"{where}: no score (expected a column per criterion key)")
             continue
         rows.append({"id": key[1], "checkpoint": key[0], "scores": scores,
-                     "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": _now()})
+                     "labeller": str(row.get("labeller") or "unknown"), "source": str(path), "labelled_at": utc_now()})
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise LabelsError("labels not imported:\n  " + "\n  ".join(problems[:20]) + more)
@@ -180,9 +179,6 @@ def disagreements(params: Params) -> dict[tuple[str, str], list[str]]:
     """(checkpoint, id) -> why a label there is worth most: the judge's passes disagree, the judge and the
     termination or repetition metrics conflict, or pairwise orders flipped. Pairs are keyed by (`a~b`, id) with
     a < b. Rows without a reason are absent."""
-    from sftlab.infer import store
-    from sftlab.judge import store as judgments
-
     reasons: dict[tuple[str, str], list[str]] = {}
     passes: dict[tuple[str, str], list] = {}
     for (checkpoint, sample_id, _), row in judgments.latest_rows(params.layout.judge).items():
@@ -230,8 +226,6 @@ def sample(params: Params, n: int = 20, seed: int | None = None, order: str = "s
     """`n` generation rows to label, skipping rows already labelled: stratified by checkpoint and language (round
     robin over the strata, each shuffled with the seed), then shuffled so that no checkpoint comes in a telling
     sequence; with `order="disagreements"`, the rows `disagreements` names come first."""
-    from sftlab.infer import store
-
     _check_order(order)
     done = set(latest(params.layout))
     rng = random.Random(params.seed if seed is None else seed)
@@ -258,10 +252,6 @@ def sample_pairs(params: Params, n: int = 20, seed: int | None = None, order: st
     """`n` (first, second) generation-row pairs to compare, from the pairs `judge.pairs` selects, round
     robin over the pairs of models, then shuffled; which answer is shown first is drawn at random (no position
     cue). With `order="disagreements"`, pairs whose judgments flipped with the order come first."""
-    from sftlab.infer import store
-    from sftlab.judge.pairwise import model_pairs
-    from sftlab.judge.stage import pairwise_baseline
-
     _check_order(order)
     by_model: dict[str, dict[str, Any]] = {}
     for row in store.read_generations(params.layout.generations):
@@ -303,14 +293,41 @@ def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = N
     return form
 
 
-def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot: int = 1000,
-              confidence: float = 0.95, seed: int = 0) -> dict[str, Any] | None:
-    """Judge vs human on the labelled rows: per criterion weighted (quadratic) Cohen's κ and Spearman ρ,
-    with bootstrap intervals and counts. `judge_scores`: checkpoint, id and `score:<key>` columns (the
-    mean over passes, rounded for κ). None without labels."""
+def round_half_up(values) -> np.ndarray:
+    """The documented rounding of a mean over judge passes before κ: halves go up (2.5 -> 3, 3.5 -> 4),
+    the same way for every score. (np.rint rounds halves to even, 2.5 -> 2 but 3.5 -> 4, which moves κ
+    by the parity of the score.)"""
+    return np.floor(np.asarray(values, dtype=float) + 0.5).astype(int)
+
+
+def weighted_kappa(judge: np.ndarray, human: np.ndarray, scale: tuple[int, int]) -> tuple[float, str | None]:
+    """Quadratic-weighted Cohen's κ over the whole scale (`labels=` every point from lowest to highest, so
+    unused points keep their distance: scikit-learn's `cohen_kappa_score`), and why it says nothing when it
+    cannot: (NaN, reason) when both sides gave one and the same score (0/0); (0.0, reason) when only one
+    side did (κ is 0 by construction, not a measured disagreement)."""
     from sklearn.metrics import cohen_kappa_score
 
-    from sftlab.score.reliability import _bootstrap, _spearman
+    judge, human = round_half_up(judge), np.asarray(human, dtype=int)
+    if len(set(judge)) == 1 and len(set(human)) == 1:
+        return math.nan, f"undefined: judge and labels all {judge[0]} (0/0)"
+    constant = "the judge" if len(set(judge)) == 1 else "the labels" if len(set(human)) == 1 else None
+    labels_ = list(range(min(scale[0], judge.min(), human.min()), max(scale[1], judge.max(), human.max()) + 1))
+    kappa = float(cohen_kappa_score(judge, human, weights="quadratic", labels=labels_))
+    if constant:
+        value = (judge if constant == "the judge" else human)[0]
+        return kappa, f"degenerate: {constant} gave every labelled answer {value}; κ is 0 by construction"
+    return kappa, None
+
+
+def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot: int = 1000,
+              confidence: float = 0.95, seed: int = 0,
+              scales: dict[str, tuple[int, int]] | None = None) -> dict[str, Any] | None:
+    """Judge vs human on the labelled rows: per criterion weighted (quadratic) Cohen's κ over the rubric's
+    scale (`scales`: criterion -> (lowest, highest); the observed range where missing) and Spearman ρ, with
+    bootstrap intervals and counts. `judge_scores`: checkpoint, id and score columns (the mean over
+    passes, rounded half up for κ). None without labels."""
+    from sftlab.score import bootstrap
+    from sftlab.score.reliability import spearman
 
     labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR not in k[0]}  # answers, not pairs
     if not labelled:
@@ -321,7 +338,7 @@ def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot
                               "labellers": sorted({row["labeller"] for row in labelled.values()}), "criteria": {}}
     keys = sorted({k for row in labelled.values() for k in row["scores"]})
     for key in keys:
-        column = f"score:{key}"
+        column = SCORE_PREFIX + key
         pairs = []
         for (checkpoint, sample_id), row in labelled.items():
             if key in row["scores"] and (checkpoint, sample_id) in index.index and column in index:
@@ -331,18 +348,23 @@ def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot
         if not pairs:
             continue
         pairs_array = np.array(pairs)
-
-        def kappa(p: np.ndarray) -> float:
-            judge, human = np.rint(p[:, 0]).astype(int), p[:, 1].astype(int)
-            if len(set(judge) | set(human)) < 2:
-                return 1.0 if (judge == human).all() else math.nan
-            return float(cohen_kappa_score(judge, human, weights="quadratic"))
-
-        k = _bootstrap(pairs_array, kappa, n_boot, confidence, rng)
-        rho = _bootstrap(pairs_array, _spearman, n_boot, confidence, rng)
-        result["criteria"][key] = {"n": len(pairs), "kappa": {"estimate": k[0], "low": k[1], "high": k[2]},
-                                   "spearman_rho": {"estimate": rho[0], "low": rho[1], "high": rho[2]}}
+        scale = (scales or {}).get(key) or (int(pairs_array.min()), int(pairs_array.max()))
+        estimate, reason = weighted_kappa(pairs_array[:, 0], pairs_array[:, 1], scale)
+        _, low, high = bootstrap.interval(pairs_array, lambda p: weighted_kappa(p[:, 0], p[:, 1], scale)[0],
+                                          n_boot, confidence, rng)
+        rho = bootstrap.interval(pairs_array, spearman, n_boot, confidence, rng)
+        kappa = {"estimate": _rounded(estimate), "low": _rounded(low), "high": _rounded(high),
+                 "scale": f"{scale[0]}..{scale[1]}"}
+        if reason:
+            kappa.update({"low": None, "high": None, "note": reason})  # an interval of a constant is no evidence
+        result["criteria"][key] = {"n": len(pairs), "kappa": kappa,
+                                   "spearman_rho": {"estimate": _rounded(rho[0]), "low": _rounded(rho[1]),
+                                                    "high": _rounded(rho[2])}}
     return result
+
+
+def _rounded(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
 def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, names: dict[str, str] | None = None,
@@ -351,7 +373,7 @@ def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, n
     with ties), with a bootstrap interval. `outcomes`: the score stage's combined pairwise outcomes (a, b,
     id, outcome from a's side; several passes are averaged). `names` maps checkpoint names to the names
     used in `outcomes` (a study prefixes the experiment)."""
-    from sftlab.score.reliability import _bootstrap
+    from sftlab.score import bootstrap
 
     labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR in k[0] and CRITERION in v["scores"]}
     if not labelled or outcomes.empty:
@@ -369,6 +391,7 @@ def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, n
         agree.append(float(np.sign(judged[(a, b, sample_id)]) == np.sign(human)))
     if not agree:
         return None
-    estimate = _bootstrap(np.array(agree), np.mean, n_boot, confidence, np.random.default_rng(seed))
+    estimate = bootstrap.interval(np.array(agree), np.mean, n_boot, confidence, np.random.default_rng(seed))
     return {"labels": len(agree), "labellers": sorted({row["labeller"] for row in labelled.values()}),
-            "raw_agreement": {"estimate": estimate[0], "low": estimate[1], "high": estimate[2], "n": len(agree)}}
+            "raw_agreement": {"estimate": _rounded(estimate[0]), "low": _rounded(estimate[1]),
+                              "high": _rounded(estimate[2]), "n": len(agree)}}

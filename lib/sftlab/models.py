@@ -27,12 +27,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftlab import paths
+from sftlab import paths, progress
+from sftlab.errors import SftlabError
 
 BUILTIN_PREFIX = "builtin:"
 
 
-class ModelError(RuntimeError):
+class ModelError(SftlabError, RuntimeError):
     """A model that cannot be found, converted or loaded; the message says which and what to do."""
 
 
@@ -66,7 +67,14 @@ def model_cache_dir() -> Path:
 def resolve_model(name_or_path: str) -> str:
     """A path or hub id that `from_pretrained` can load; builtin models are converted on first use."""
     if name_or_path.startswith(BUILTIN_PREFIX):
-        return str(builtin_checkpoint(name_or_path.removeprefix(BUILTIN_PREFIX)))
+        builtin_checkpoint(name_or_path.removeprefix(BUILTIN_PREFIX))
+    return model_path(name_or_path)
+
+
+def model_path(name_or_path: str) -> str:
+    """What `resolve_model` returns, without converting anything (a plan names the model it will load)."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return str(model_cache_dir() / name_or_path.removeprefix(BUILTIN_PREFIX))
     local = paths.resolve(name_or_path)
     return str(local) if local.exists() else name_or_path
 
@@ -228,8 +236,6 @@ def builtin_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.converting-"))
     try:
-        from sftlab import progress
-
         with progress.step(f"converting builtin:{name} from {gguf.name} to {target} (once)"):
             _convert_gguf(gguf, staging)
         try:
@@ -269,6 +275,11 @@ def end_of_turn_token_id(tokenizer) -> int:
     falls back to EOS for templates that end a turn with it.
     """
     marker = "sftlab-end-of-turn-probe"
+    if not tokenizer.chat_template:
+        raise ModelError(f"{getattr(tokenizer, 'name_or_path', 'the model')}: the tokenizer has no chat template, so "
+                         "conversations cannot be rendered (a base model, not a chat model): set "
+                         "model.chat_template to a template file or text (e.g. ChatML), and its end-of-turn "
+                         "token must be in the vocabulary")
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
     )
@@ -281,6 +292,35 @@ def end_of_turn_token_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise ModelError("the tokenizer has no EOS token and its chat template no end-of-turn token")
     return tokenizer.eos_token_id
+
+
+def has_chat_template(folder: str | Path) -> bool:
+    """The tokenizer saved in `folder` has a chat template (its own file, or in tokenizer_config.json)."""
+    import json
+
+    folder = Path(folder)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return True  # not a tokenizer folder sftlab can read ahead of time: the audit will say
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (ValueError, OSError):
+        return True
+
+
+def chat_template_text(value: str | None) -> str | None:
+    """`model.chat_template`: the Jinja text itself, or a file holding it (found with `paths.resolve`)."""
+    if not value:
+        return None
+    if "{%" in value or "{{" in value:
+        return value
+    path = paths.resolve(value)
+    if not path.is_file():
+        raise ModelError(f"model.chat_template: {value}: no such file; give a Jinja template file (.jinja) or "
+                         "the template text itself")
+    return path.read_text(encoding="utf-8")
 
 
 def stop_token_ids(tokenizer) -> list[int]:

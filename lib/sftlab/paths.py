@@ -39,16 +39,21 @@ def experiment_dir(experiment: str) -> Path:
     return outputs_root() / experiment
 
 
+STATUS_FILE = "status.json"  # an experiment folder holds one: the index lists the folders that do
+SUMMARY_FILE = "summary.json"  # a judge run's summary, in the folder of its judgments
+TRAIN_SUMMARY_FILE = "train_summary.json"  # written by the training process itself (sftlab.train.trainer)
+
+
 @dataclass(frozen=True)
 class ExperimentLayout:
     """The folders and files of one experiment, `outputs/<experiment>/`:
 
         config.resolved.yaml      the params as last run, every default spelled out
         status.json               per stage: the latest run and the history of runs
-        train/                    checkpoints, trainer_state.json, train.log, label_audit.html
+        train/                    checkpoints, trainer_state.json, train_summary.json, train.log, label_audit.html
         train.lock                while a trainer runs: who holds the experiment (sftlab.train.lock)
         generations/              <checkpoint>.jsonl + <checkpoint>.settings.json (infer)
-        judge/                    <checkpoint>.jsonl + summary.json (judge)
+        judge/                    <checkpoint>.jsonl + summary.json (judge); pairwise/ likewise (judge.mode: pairwise)
         labels/                   human labels, append-only (sftlab.labels)
         scores/                   summary.csv, differences.csv, study_table.csv, reliability.json, figures/
         runs/<UTC time>-<stage>/  the immutable record of one stage run: executed notebook, HTML, params
@@ -72,7 +77,7 @@ class ExperimentLayout:
 
     @property
     def status(self) -> Path:
-        return self.root / "status.json"
+        return self.root / STATUS_FILE
 
     @property
     def train(self) -> Path:
@@ -90,6 +95,22 @@ class ExperimentLayout:
     @property
     def judge(self) -> Path:
         return self.root / "judge"
+
+    @property
+    def pairwise_judge(self) -> Path:
+        return self.judge / "pairwise"
+
+    def judgments(self, mode: str) -> Path:
+        """The folder of the judgments of `judge.mode` `mode`: judge/ (single) or judge/pairwise/."""
+        return self.pairwise_judge if mode == "pairwise" else self.judge
+
+    def judge_summary(self, mode: str) -> Path:
+        """The last judge run's summary (backend, counts, requests, cost) in that mode's folder."""
+        return self.judgments(mode) / SUMMARY_FILE
+
+    @property
+    def train_summary(self) -> Path:
+        return self.train / TRAIN_SUMMARY_FILE
 
     @property
     def scores(self) -> Path:

@@ -11,11 +11,16 @@ shows the problem itself.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
 
+from sftlab.files import atomic_write_text
+
 PROBLEMS_FILE = "problems.json"
+STATUS_LOCK = ".status.lock"  # beside status.json: held while status.json is read, changed and written
 RUN_ENV = "SFTLAB_RUN"
 
 
@@ -31,8 +36,6 @@ def note_problem(text: str) -> None:
         return
     problems = read_problems(run)
     if text not in problems:
-        from sftlab.config import atomic_write_text
-
         atomic_write_text(run / PROBLEMS_FILE, json.dumps(problems + [text], indent=2, ensure_ascii=False) + "\n")
 
 
@@ -41,3 +44,17 @@ def read_problems(run_dir: Path) -> list[str]:
         return json.loads((run_dir / PROBLEMS_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return []
+
+
+@contextlib.contextmanager
+def status_lock(experiment_dir: Path):
+    """Hold the experiment's status lock (an flock on `<exp>/.status.lock`): the runner, the cluster jobs of
+    its stages and `sftlab status` each read, change and write status.json under it, so none loses another's
+    entry."""
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    with open(experiment_dir / STATUS_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

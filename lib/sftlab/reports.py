@@ -3,12 +3,16 @@
 `render_notebook(nb, folder)` writes `<stage>.html` (code and outputs) and `<stage>.no-input.html`
 (outputs only, for readers who want no code) into `folder` (a run's record). Figures are embedded as
 data URIs by nbconvert; text outputs are escaped by it, so model output is never interpreted as HTML.
+A report leads with its answer: the outputs of the cells tagged `lead` (the score's verdict, the infer and
+judge summaries) are shown right under the notebook's title, without their code, before the parameters
+and everything else; the executed notebook itself keeps its order.
 
 `publish_latest(pages, reports_dir, stage)` copies a run's pages to `reports/` as the stage's latest
 report, or removes the previous run's when this run rendered none (a report must not outlive its run).
 
 `build_index()` lists every experiment under the outputs folder (those with a status.json) with each
-stage's latest status (done / failed / running / not run, or any status a run records), its run time,
+stage's latest status (done / failed / running / not run, or any status a run records; a cluster job's
+id and a link to its output under it), its run time,
 a link to the latest report and the run history (every run's own report, newest first); it is rebuilt
 before and after every stage. Headline numbers come from `<exp>/scores/headline.json` when the score
 stage has written one.
@@ -18,32 +22,48 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 from sftlab import pages, paths
-from sftlab.config import FILE_MODE, atomic_write_text
+from sftlab.stages import STAGES
+from sftlab.files import atomic_copy, atomic_write_text
 
 
 def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
     import nbformat
     from nbconvert import HTMLExporter
 
+    from traitlets.config import Config
+
     reports_dir.mkdir(parents=True, exist_ok=True)
-    nb = without_widgets(nbformat.read(notebook, as_version=4))
+    nb = lead_first(without_widgets(nbformat.read(notebook, as_version=4)))
     written = []
+    hide_lead_code = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": {LEAD}}})
     for suffix, exclude_input in ((".html", False), (".no-input.html", True)):
-        exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
-                                exclude_output_prompt=exclude_input)
+        exporter = HTMLExporter(config=hide_lead_code, exclude_input=exclude_input,
+                                exclude_input_prompt=exclude_input, exclude_output_prompt=exclude_input)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
         target = reports_dir / f"{notebook.stem}{suffix}"
         atomic_write_text(target, pages.self_contained(body))
         written.append(target)
     return written
+
+
+LEAD = "lead"
+
+
+def lead_first(nb):
+    """The notebook with its cells tagged `lead` that have outputs moved up, under the title (the first cell
+    when it is Markdown): the report opens with the answer, the parameters and the work come after."""
+    leads = [c for c in nb.cells if LEAD in c.get("metadata", {}).get("tags", []) and c.get("outputs")]
+    if not leads:
+        return nb
+    rest = [c for c in nb.cells if not any(c is lead for lead in leads)]
+    at = 1 if rest and rest[0].cell_type == "markdown" else 0
+    nb.cells = rest[:at] + leads + rest[at:]
+    return nb
 
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -69,11 +89,7 @@ def publish_latest(pages: list[Path], reports_dir: Path, stage: str) -> None:
         if not any(page.name == stale.name for page in pages):
             stale.unlink(missing_ok=True)
     for page in pages:
-        fd, tmp = tempfile.mkstemp(dir=reports_dir, prefix=f".{page.name}.", suffix=".tmp")
-        os.fchmod(fd, FILE_MODE)
-        os.close(fd)
-        shutil.copyfile(page, tmp)
-        os.replace(tmp, reports_dir / page.name)
+        atomic_copy(page, reports_dir / page.name)
 
 
 def _href(outputs: Path, target: Path) -> str:
@@ -96,6 +112,19 @@ def _history(outputs: Path, layout: paths.ExperimentLayout, stage: str, runs: li
         detail = html.escape(run.get("status", "?")) + (f" · {run['seconds']:.0f} s" if "seconds" in run else "")
         items.append(f"<li>{text} {detail}</li>")
     return f'<details><summary>history ({len(runs)})</summary><ol>{"".join(items)}</ol></details>'
+
+
+def _job(outputs: Path, layout: paths.ExperimentLayout, info: dict) -> str:
+    """A cluster job's id and a link to its output (sftlab.executor), under the stage's status."""
+    if not info.get("job_id"):
+        return ""
+    text = f"job {html.escape(str(info['job_id']))}"
+    if info.get("requeued"):
+        text += f" · requeued {int(info['requeued'])}x"
+    log = layout.root / info["log"] if info.get("log") else None
+    if log is not None and log.exists():
+        text += f' · <a href="{_href(outputs, log)}">log</a>'
+    return f'<div class="job">{text}</div>'
 
 
 def _compared(layout: paths.ExperimentLayout) -> list[str]:
@@ -124,9 +153,9 @@ def _comparisons(outputs: Path, layout: paths.ExperimentLayout, studies: dict[st
 
 def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
     rows = []
-    layouts = [paths.ExperimentLayout(f.parent) for f in sorted(outputs.glob("*/status.json"))]
+    layouts = [paths.ExperimentLayout(f.parent) for f in sorted(outputs.glob(f"*/{paths.STATUS_FILE}"))]
     studies = {layout.experiment: members for layout in layouts if (members := _compared(layout))}
-    for status_file in sorted(outputs.glob("*/status.json")):
+    for status_file in sorted(outputs.glob(f"*/{paths.STATUS_FILE}")):
         layout = paths.ExperimentLayout(status_file.parent)
         try:
             status = json.loads(status_file.read_text(encoding="utf-8"))
@@ -146,13 +175,33 @@ def _experiment_rows(outputs: Path, stages: tuple[str, ...]) -> list[str]:
             report = layout.report(stage)
             if report.exists():
                 text = f'<a href="{_href(outputs, report)}">{text}</a>'
+            text += _job(outputs, layout, info)
             if info.get("history"):
                 text += _history(outputs, layout, stage, info["history"])
             title = f' title="{html.escape(info["error"])}"' if info.get("error") else ""
             cells.append(f'<td class="{status_class(state)}"{title}>{text}</td>')
-        cells.append(f"<td>{_problems(status, stages)}{_headline(layout)}{_comparisons(outputs, layout, studies)}</td>")
+        cells.append(f'<td class="headline">{_latest_links(outputs, layout, status, stages)}{_problems(status, stages)}'
+                     f"{_headline(layout)}{_comparisons(outputs, layout, studies)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return rows
+
+
+COMPARE_ANCHOR = "Compare-two"  # nbconvert's id of the score notebook's "## Compare two" heading
+
+
+def _latest_links(outputs: Path, layout: paths.ExperimentLayout, status: dict, stages: tuple[str, ...]) -> str:
+    """Links to the experiment's latest report (the stage that ran last and left one) and to its comparison
+    (the compare view of its score report)."""
+    runs = [(info.get("started") or "", stage) for stage, info in (status.get("stages") or {}).items()
+            if stage in stages and isinstance(info, dict) and layout.report(stage).exists()]
+    links = []
+    if runs:
+        stage = max(runs)[1]
+        links.append(f'<a href="{_href(outputs, layout.report(stage))}">latest report ({html.escape(stage)})</a>')
+    score = layout.report("score")
+    if score.exists():
+        links.append(f'<a href="{_href(outputs, score)}#{COMPARE_ANCHOR}">comparison</a>')
+    return f'<div class="links">{" · ".join(links)}</div>' if links else ""
 
 
 def _problems(status: dict, stages: tuple[str, ...]) -> str:
@@ -182,8 +231,6 @@ def _headline(layout: paths.ExperimentLayout) -> str:
 
 
 def build_index(outputs: Path | None = None) -> Path:
-    from sftlab.runner import STAGES
-
     outputs = outputs or paths.outputs_root()
     outputs.mkdir(parents=True, exist_ok=True)
     header = "".join(f"<th>{s}</th>" for s in ("experiment", *STAGES, "headline"))
@@ -194,8 +241,12 @@ def build_index(outputs: Path | None = None) -> Path:
 body {{ font-family: system-ui, "Noto Sans KR", "Apple SD Gothic Neo", sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: left; }}
 td {{ white-space: nowrap; vertical-align: top; }} details {{ font-size: .85em; }} ol {{ margin: .2em 0; }}
+td.headline {{ white-space: normal; overflow-wrap: anywhere; min-width: 22em; max-width: 48em; }}
+.links {{ margin-bottom: .3em; }}
 .done {{ background: #e6f4e6; }} .failed {{ background: #fbe3e3; }} .running {{ background: #fff5d6; }}
 .not-run {{ color: #999; }} .done-with-errors {{ background: #fde9cf; }}
+.queued, .interrupted {{ background: #eef2fb; }} .cancelled {{ color: #999; background: #f3f3f3; }}
+.job {{ font-size: .85em; color: #555; }}
 .problem {{ color: #a40000; font-weight: bold; white-space: normal; max-width: 50em; }}
 .compare {{ margin-top: .3em; font-size: .9em; }}
 </style></head><body>

@@ -43,14 +43,17 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 from sftlab import kernel as sftlab_kernel
 from sftlab import paths, record, reports
-from sftlab.config import Params, apply_overrides, atomic_write_text, load_params, read_yaml, validate, write_resolved
+from sftlab.clock import utc_iso, utc_stamp
+from sftlab.stages import BY_NAME, STAGES
+from sftlab.config import Params, apply_overrides, load_params, read_yaml, validate, write_resolved
+from sftlab.files import atomic_write_text
+from sftlab.errors import SftlabError
 
-STAGES = ("train", "infer", "judge", "score")
 STUDY_FILE = "_study.yaml"  # optional settings of a study folder's joint score (not an experiment)
 KERNEL_ENV = "SFTLAB_KERNEL"  # a kernel name to use instead of this environment's own
 RUN_ENV = record.RUN_ENV  # the run folder, for the stage code in the kernel (sftlab.record)
@@ -62,7 +65,7 @@ QUIET_S = 20.0  # after this long without output from a stage, the runner says i
 log = logging.getLogger("sftlab.runner")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(SftlabError, RuntimeError):
     """A stage's notebook raised; the message has the cell's error and the executed notebook."""
 
 
@@ -91,6 +94,37 @@ def params_files(target: str | os.PathLike) -> list[Path]:
     return [target]
 
 
+@dataclass
+class LoadedRun:
+    """A run's validated inputs: the stages, each params file and its params, and a study's joint score."""
+
+    stages: list[str]
+    files: list[Path]
+    experiments: list[Params]
+    notebooks: Path
+    study: Path | None = None
+    study_params: Params | None = None
+
+
+def load_run(
+    target: str | os.PathLike,
+    stages: list[str] | None = None,
+    overrides: list[str] | None = None,
+    notebooks: Path | None = None,
+) -> LoadedRun:
+    """Validate every params file of `target` (and the study's score settings) before anything runs: a typo
+    in the last file of a study should not be found an hour in."""
+    notebooks = notebooks or paths.notebooks_dir()
+    stages = list(stages or available_stages(notebooks))
+    _check_stages(stages, notebooks)
+    files = params_files(target)
+    experiments = [load_params(f, overrides) for f in files]
+    study = paths.resolve(target) if paths.resolve(target).is_dir() else None
+    joint = study and any(not BY_NAME[stage].per_experiment for stage in stages)
+    study_params = study_params_of(study, experiments, overrides) if joint else None
+    return LoadedRun(stages, files, experiments, notebooks, study, study_params)
+
+
 def run(
     target: str | os.PathLike,
     stages: list[str] | None = None,
@@ -98,27 +132,26 @@ def run(
     kernel: str | None = None,
     notebooks: Path | None = None,
 ) -> list[Params]:
-    """Run the given stages (default: all that exist) of one params file or a study folder."""
-    notebooks = notebooks or paths.notebooks_dir()
-    stages = list(stages or available_stages(notebooks))
-    _check_stages(stages, notebooks)
-    # Validate every file before running anything: a typo in the last file of a study should not
-    # be found an hour in.
-    files = params_files(target)
-    experiments = [load_params(f, overrides) for f in files]
-    study = paths.resolve(target) if paths.resolve(target).is_dir() else None
-    study_params = study_score_params(study, experiments, overrides) if study and "score" in stages else None
-    for params, file in zip(experiments, files):
-        for stage in stages:
-            if not (study and stage == "score"):  # a study is scored once, over all its experiments
-                run_stage(params, stage, kernel=kernel, notebooks=notebooks, params_file=file)
-    if study_params is not None:
-        run_stage(study_params, "score", kernel=kernel, notebooks=notebooks, params_file=study)
-        experiments.append(study_params)
+    """Run the given stages (default: all that exist) of one params file or a study folder, here."""
+    return run_loaded(load_run(target, stages, overrides, notebooks), kernel=kernel)
+
+
+def run_loaded(loaded: LoadedRun, kernel: str | None = None) -> list[Params]:
+    experiments = list(loaded.experiments)
+    # A study runs a stage that compares experiments once, over all of them (sftlab.stages).
+    joint = [stage for stage in loaded.stages if loaded.study and not BY_NAME[stage].per_experiment]
+    for params, file in zip(experiments, loaded.files):
+        for stage in loaded.stages:
+            if stage not in joint:
+                run_stage(params, stage, kernel=kernel, notebooks=loaded.notebooks, params_file=file)
+    if loaded.study_params is not None:
+        for stage in joint:
+            run_stage(loaded.study_params, stage, kernel=kernel, notebooks=loaded.notebooks, params_file=loaded.study)
+        experiments.append(loaded.study_params)
     return experiments
 
 
-def study_score_params(study: Path, experiments: list[Params], overrides: list[str] | None) -> Params:
+def study_params_of(study: Path, experiments: list[Params], overrides: list[str] | None) -> Params:
     """The params of a study's score: `<study>/_study.yaml` if present (e.g. `score.baseline`), with
     `experiment: <folder>-study` and `score.experiments` = every experiment of the folder by default."""
     settings = read_yaml(study / STUDY_FILE) if (study / STUDY_FILE).exists() else {}
@@ -143,8 +176,12 @@ def run_stage(
     kernel: str | None = None,
     notebooks: Path | None = None,
     params_file: Path | None = None,
+    run_dir: Path | None = None,
+    job: dict | None = None,
 ) -> Path:
-    """Execute one stage notebook for `params` into a new run record; return the executed notebook's path."""
+    """Execute one stage notebook for `params` into a new run record (or into `run_dir`, the record a cluster
+    job was submitted with; `job` adds its keys to the status entry: sftlab.executor); return the executed
+    notebook's path."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -153,18 +190,15 @@ def run_stage(
     source = (notebooks or paths.notebooks_dir()) / f"{stage}.ipynb"
     resolved = write_resolved(params)
     started = time.time()
-    run_dir = _new_run_dir(layout, stage, started)
+    run_dir = run_dir or new_run_dir(layout, stage, started)
     write_resolved(params, run_dir)
     executed = run_dir / f"{stage}.ipynb"
-    entry = {"status": RUNNING, "started": _iso(started), "finished": None, "seconds": None, "error": None,
-             "params_file": str(params_file) if params_file else None, "run": run_dir.relative_to(layout.root).as_posix()}
-    _record(layout, stage, entry, kernel)
+    entry = {"status": RUNNING, "started": utc_iso(started), "finished": None, "seconds": None, "error": None,
+             "params_file": str(params_file) if params_file else None, "run": run_dir.relative_to(layout.root).as_posix(),
+             **(job or {})}
+    record_entry(layout, stage, entry, kernel)
     reports.build_index()
     log.info("[%s] stage %s: %s -> %s (kernel %s)", params.experiment, stage, source, executed, kernel)
-    if stage == "judge":  # say which judge before anything is sent, and why (an API judge costs money)
-        from sftlab.judge import backend_choice
-
-        log.info("[%s] judge: %s, because %s", params.experiment, *backend_choice(params.judge))
     error = None
     try:
         with _environment({RUN_ENV: str(run_dir), sftlab_kernel.EXPECT_PACKAGE_ENV: str(sftlab_kernel.package_dir())}), \
@@ -188,9 +222,9 @@ def run_stage(
     reports.publish_latest(pages, layout.reports, stage)
     problems = record.read_problems(run_dir)
     status = FAILED if error else DONE_WITH_ERRORS if problems else DONE
-    entry.update(status=status, finished=_iso(finished), seconds=round(finished - started, 1), error=error,
+    entry.update(status=status, finished=utc_iso(finished), seconds=round(finished - started, 1), error=error,
                  problems=problems or None)
-    _record(layout, stage, entry, kernel)
+    record_entry(layout, stage, entry, kernel)
     reports.build_index()
     if error:
         report = run_dir / f"{stage}.html"
@@ -226,10 +260,10 @@ def notebook_copy(params: Params, stage: str, notebooks: Path | None = None, for
     return target
 
 
-def _new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> Path:
+def new_run_dir(layout: paths.ExperimentLayout, stage: str, started: float) -> Path:
     """runs/<UTC time>-<stage>, or -2, -3... after it when that second already has one (mkdir is atomic,
     so two runners never share a folder)."""
-    stamp = datetime.fromtimestamp(started, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp(started)
     layout.runs.mkdir(parents=True, exist_ok=True)
     for n in itertools.count(1):
         run_dir = layout.runs / (f"{stamp}-{stage}" if n == 1 else f"{stamp}-{stage}-{n}")
@@ -293,24 +327,46 @@ def _environment(values: dict[str, str]):
                 os.environ[key] = value
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
-
-
 def read_status(exp_dir: Path) -> dict:
     try:
-        return json.loads((exp_dir / "status.json").read_text(encoding="utf-8"))
+        return json.loads(paths.ExperimentLayout(exp_dir).status.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {"stages": {}}
 
 
-def _record(layout: paths.ExperimentLayout, stage: str, entry: dict, kernel: str) -> None:
+def record_entry(layout: paths.ExperimentLayout, stage: str, entry: dict, kernel: str | None) -> None:
     """Write the run's entry into its record (run.json) and into status.json: as the stage's latest, and
-    in its history (replacing the entry of the same run, e.g. `running` by `done`)."""
+    in its history (replacing the entry of the same run, e.g. `running` by `done`). status.json is read,
+    changed and written under its lock (record.status_lock): a cluster's jobs and `sftlab status` write it too."""
     entry = {k: v for k, v in entry.items() if v is not None}
-    run_json = layout.root / entry["run"] / "run.json"
-    atomic_write_text(run_json, json.dumps({"experiment": layout.experiment, "stage": stage, "kernel": kernel,
-                                            **entry}, indent=2, ensure_ascii=False) + "\n")
+    _write_run_json(layout, stage, entry, kernel)
+    with record.status_lock(layout.root):
+        _write_status(layout, stage, entry)
+
+
+def _write_run_json(layout: paths.ExperimentLayout, stage: str, entry: dict, kernel: str | None) -> None:
+    atomic_write_text(layout.root / entry["run"] / "run.json", json.dumps(
+        {"experiment": layout.experiment, "stage": stage, "kernel": kernel, **entry}, indent=2, ensure_ascii=False) + "\n")
+
+
+def update_entry(layout: paths.ExperimentLayout, stage: str, run: str, changes: dict, expect: str | None = None) -> bool:
+    """Change the stage's latest entry, if it is the run `run` (runs/<name>) and, with `expect`, its status is
+    still `expect` (a job may have recorded its own news since it was read); return whether it was changed."""
+    with record.status_lock(layout.root):
+        entry = read_status(layout.root).get("stages", {}).get(stage)
+        if not entry or entry.get("run") != run or (expect is not None and entry.get("status") != expect):
+            return False
+        entry = {k: v for k, v in {**entry, **changes}.items() if k != "history" and v is not None}
+        try:
+            kernel = json.loads((layout.root / run / "run.json").read_text(encoding="utf-8")).get("kernel")
+        except (OSError, json.JSONDecodeError):
+            kernel = None
+        _write_run_json(layout, stage, entry, kernel)
+        _write_status(layout, stage, entry)
+    return True
+
+
+def _write_status(layout: paths.ExperimentLayout, stage: str, entry: dict) -> None:
     status = read_status(layout.root)
     status["experiment"] = layout.experiment
     if "params_file" in entry:

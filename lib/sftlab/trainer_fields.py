@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from sftlab.files import atomic_write_text
 
 FORMAT = 1  # bump when the cached description changes shape
 TRAINER_SOURCE = Path(__file__).resolve().parent / "train" / "trainer.py"  # defines SFTArguments
@@ -81,11 +81,7 @@ def fields() -> dict[str, dict[str, Any]]:
     described = describe()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"fields": described}, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"fields": described}, indent=1, sort_keys=True))
         for stale in path.parent.glob("trainer-fields-*.json"):  # of packages or a class no longer installed
             if stale != path:
                 stale.unlink(missing_ok=True)

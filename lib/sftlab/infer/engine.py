@@ -84,11 +84,14 @@ class HFEngine:
     The repetition penalty sees each row's own prompt and answer, never the padding.
     """
 
-    def __init__(self, model_path: str, dtype: str = "auto", device: str | None = None):
+    def __init__(self, model_path: str, dtype: str = "auto", device: str | None = None,
+                 chat_template: str | None = None):
         from transformers import AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            if chat_template:  # model.chat_template: the template the checkpoints were trained with
+                self.tokenizer.chat_template = chat_template
             self.model = models.load_model(model_path, dtype, device)
         except models.ModelError:
             raise

@@ -1,6 +1,6 @@
 """The infer stage: answers of the base model and every selected checkpoint to the same test prompts.
 
-    planned = infer.plan(params)      # which models, which samples, what is already on disk
+    planned = infer.plan(params)      # which models, which samples, what is already on disk (reads only)
     planned.estimate()                # samples and new tokens to generate, at most
     summary = infer.run(planned)      # generate what is missing, checkpoint by checkpoint
 
@@ -13,9 +13,11 @@ N's rows, so growing it only generates the new ones. Sampling (`do_sample: true`
 
 What it writes: `generations/<checkpoint>.jsonl` and `.settings.json` (sftlab.infer.store).
 
-Resuming: rows are appended, flushed and fsynced after every batch. A re-run generates only the ids
-missing from the file, so a kill loses at most the batch in flight and never duplicates a row; a
-checkpoint with nothing missing is not even loaded. If the settings or the checkpoint's content changed
+Resuming: rows are appended, flushed and fsynced after every batch. `run` re-reads each checkpoint's file
+before generating for it and generates only the ids missing from it, so a kill loses at most the batch in
+flight, a second call of `run` on the same plan generates nothing, and a checkpoint with nothing missing is
+not even loaded. `plan` writes nothing and converts nothing (a builtin base model not converted yet is
+fingerprinted, and converted, by `run`). If the settings or the checkpoint's content changed
 since its rows were written, the old files are moved to `generations/previous-<time>/` and the
 checkpoint is generated again. Checkpoints are identified by content (checkpoints.content_fingerprint),
 not by path or file times: a copied, moved or untarred experiment generates nothing again.
@@ -31,6 +33,7 @@ Raises:
 from __future__ import annotations
 
 import gc
+import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -53,7 +56,7 @@ BASE = "base"
 @dataclass(frozen=True)
 class Target:
     name: str  # "base" or the checkpoint folder's name
-    path: str  # a checkpoint folder, or `model.name_or_path` (a builtin model is converted only when run)
+    path: str  # a checkpoint folder, or the base model (in a plan: models.model_path; converted by run if builtin)
 
 
 def select_checkpoints(params: Params) -> list[Target]:
@@ -122,24 +125,38 @@ class Plan:
 
 
 def plan(params: Params) -> Plan:
-    """Which models answer which samples, and which rows are already on disk. Generates nothing (a
-    builtin base model is converted once, to fingerprint its weights)."""
+    """Which models answer which samples, and which rows are already on disk. Reads only: generates,
+    converts and writes nothing."""
     settings = GenerationSettings.from_params(params)
     examples = select_examples(params)
     result = Plan(params, settings, examples)
     for target in select_checkpoints(params):
         path = params.layout.generations_file(target.name)
-        model_path = models.resolve_model(target.path)
-        fingerprint = {"model": target.path if target.name == BASE else target.name,
-                       "weights": _weights_fingerprint(model_path),
-                       "dtype": models.weights_dtype(params.model.dtype), "settings": settings.fingerprint()}
-        if params.infer.engine != "hf":  # (the HF engine's rows keep the fingerprint they always had)
-            fingerprint["engine"] = params.infer.engine
-        stale = store.is_stale(path, fingerprint) and store.is_stale(path, _legacy(fingerprint, model_path))
-        done = set() if stale else store.written_ids(path)
-        result.jobs.append(Job(Target(target.name, model_path), path, fingerprint, stale,
-                               todo=[e for e in examples if e.id not in done]))
+        model_path = models.model_path(target.path)
+        fingerprint = _fingerprint(params, target.name, model_path, settings)
+        result.jobs.append(Job(Target(target.name, model_path), path, fingerprint, *_left(path, fingerprint, examples)))
     return result
+
+
+def _fingerprint(params: Params, name: str, model_path: str, settings: GenerationSettings) -> dict[str, Any]:
+    """What the rows of model `name` are generated with: the model (the params' name for the base model),
+    its weights' content, dtype, settings and engine."""
+    fingerprint = {"model": params.model.name_or_path if name == BASE else name,
+                   "weights": _weights_fingerprint(model_path),
+                   "dtype": models.weights_dtype(params.model.dtype), "settings": settings.fingerprint()}
+    if params.model.chat_template:  # another template, other prompts
+        template = models.chat_template_text(params.model.chat_template)
+        fingerprint["chat_template"] = hashlib.sha256(template.encode()).hexdigest()[:16]
+    if params.infer.engine != "hf":  # (the HF engine's rows keep the fingerprint they always had)
+        fingerprint["engine"] = params.infer.engine
+    return fingerprint
+
+
+def _left(path: Path, fingerprint: dict[str, Any], examples: list[data.Example]) -> tuple[bool, list[data.Example]]:
+    """(stale, todo) as the file holds them now: rows of another fingerprint are all generated again."""
+    stale = store.is_stale(path, fingerprint)
+    done = set() if stale else store.written_ids(path)
+    return stale, [e for e in examples if e.id not in done]
 
 
 def _weights_fingerprint(model_path: str) -> str:
@@ -149,17 +166,6 @@ def _weights_fingerprint(model_path: str) -> str:
     if not folder.is_dir():
         return ""  # a hub id: its name is the fingerprint
     return checkpoints.content_fingerprint(folder)
-
-
-def _legacy(fingerprint: dict[str, Any], model_path: str) -> dict[str, Any]:
-    """The fingerprint as sftlab wrote it before content fingerprints (name, size and modification time of
-    the weight files): rows written then, of files unchanged since, stay valid (`run` rewrites their
-    settings with the content fingerprint)."""
-    folder = Path(model_path)
-    weights = [] if not folder.is_dir() else [
-        [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())
-        if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")]
-    return {**fingerprint, "weights": weights}
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +205,8 @@ def run(planned: Plan, echo: Callable[[str], None] = print,
 
         make_engine = VLLMEngines(dtype=params.model.dtype, seed=settings.seed,
                                   probes=[e.prompt for e in examples[:2]])
-    make_engine = make_engine or (lambda path: HFEngine(path, dtype=params.model.dtype))
+    template = models.chat_template_text(params.model.chat_template)
+    make_engine = make_engine or (lambda path: HFEngine(path, dtype=params.model.dtype, chat_template=template))
     try:
         return _run(planned, echo, make_engine)
     finally:
@@ -216,10 +223,13 @@ def _run(planned: Plan, echo: Callable[[str], None], make_engine: Callable[[str]
     for job in planned.jobs:
         name = job.target.name
         summary.files[name] = job.path
+        if name == BASE:
+            models.resolve_model(params.model.name_or_path)  # a builtin model is converted here, once
+        # The file as it is now (a first call of run, another process): nothing generated twice.
+        job.fingerprint = _fingerprint(params, name, job.target.path, settings)
+        job.stale, job.todo = _left(job.path, job.fingerprint, examples)
         if job.stale:
             store.set_aside(job.path, job.fingerprint, echo)
-        elif store.is_stale(job.path, job.fingerprint):  # written under the legacy fingerprint: same files
-            store.write_settings(job.path, job.fingerprint, run=(store.read_settings(job.path) or {}).get("run"))
         if not job.todo:
             echo(f"[sftlab] {name}: all {len(examples)} samples already in {job.path.name}")
             continue

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -27,11 +26,13 @@ from pydantic import BaseModel, ConfigDict, create_model, field_validator
 
 from sftlab import jsonl
 from sftlab.checkpoints import checkpoint_order
-from sftlab.config import atomic_write_text
+from sftlab.clock import utc_stamp
+from sftlab.files import atomic_write_text
 from sftlab.metrics import METRICS
+from sftlab.errors import SftlabError
 
 
-class GenerationsError(ValueError):
+class GenerationsError(SftlabError, ValueError):
     """Generations that cannot be read; the message names the file, the line and the field."""
 
 
@@ -126,8 +127,7 @@ def is_stale(path: Path, fingerprint: dict[str, Any]) -> bool:
     """Rows exist in `path` but were generated with another model, weights, dtype or settings."""
     if not path.exists():
         return False
-    previous = read_settings(path) or {}
-    return previous.get("fingerprint", previous) != fingerprint  # older files hold the fingerprint alone
+    return (read_settings(path) or {}).get("fingerprint") != fingerprint
 
 
 def write_settings(path: Path, fingerprint: dict[str, Any], run: str | None = None) -> None:
@@ -141,9 +141,8 @@ def write_settings(path: Path, fingerprint: dict[str, Any], run: str | None = No
 def set_aside(path: Path, fingerprint: dict[str, Any], echo: Callable[[str], None]) -> Path:
     """Move `path` and its settings to `generations/previous-<time>/`; the settings file goes with the
     rows, so the set-aside folder still names the run that made them."""
-    previous = read_settings(path) or {}
-    previous = previous.get("fingerprint", previous)
-    aside = path.parent / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    previous = (read_settings(path) or {}).get("fingerprint") or {}
+    aside = path.parent / f"previous-{utc_stamp()}"
     aside.mkdir(exist_ok=True)
     for file in (path, settings_file(path)):
         if file.exists():

@@ -99,3 +99,34 @@ def side_by_side(generations, samples: int = 8) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (f'{STYLE}<table class="sftlab-side-by-side"><thead><tr>{header}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def summary(generations, run=None):
+    """The infer report's one-paragraph summary: rows, termination, answers cut at the length cap, and what
+    this run cost (`run`: the stage's `Summary`)."""
+    from sftlab.tables import summary_block
+
+    if len(generations) == 0:
+        return summary_block(["⚠ No answers: nothing was generated for the selected checkpoints and samples."])
+    checkpoints = list(dict.fromkeys(generations["checkpoint"]))
+    samples = generations["id"].nunique()
+    sentences = [f"{len(generations)} answers: {len(checkpoints)} models ({', '.join(checkpoints)}) × "
+                 f"{samples} test samples."]
+    rates = generations.groupby("checkpoint", sort=False)["eos_terminated"].mean()
+    sentences.append("Stopped on their own (EOS within max_new_tokens): "
+                     + ", ".join(f"{name} {rate:.0%}" for name, rate in rates.items()) + ".")
+    cut = generations[generations["finish_reason"] == "length"].groupby("checkpoint", sort=False).size()
+    if cut.sum():
+        sentences.append(f"⚠ {int(cut.sum())} of {len(generations)} answers were cut at infer.max_new_tokens ("
+                         + ", ".join(f"{name}: {int(n)}" for name, n in cut.items()) + ").")
+    else:
+        sentences.append("No answer was cut at infer.max_new_tokens.")
+    if run is not None:
+        made = sum(run.generated.values())
+        if made:
+            seconds, tokens = sum(run.seconds.values()), sum(run.tokens.values())
+            sentences.append(f"This run generated {made} answers in {seconds:.0f} s ({tokens} tokens, "
+                             f"{tokens / max(seconds, 1e-9):.1f} tokens/s); no API cost.")
+        else:
+            sentences.append("This run generated nothing: every answer was already on disk.")
+    return summary_block(sentences)

@@ -30,6 +30,7 @@ from typing import Any
 
 from sftlab import models, paths
 from sftlab.infer.engine import Generation, GenerationSettings, HFEngine, prompt_text
+from sftlab.errors import SftlabError
 
 PYTHON_ENV = "SFTLAB_VLLM_PYTHON"
 PROBE_TOKENS = 24  # greedy tokens per probe prompt in the swap check
@@ -38,7 +39,7 @@ LOGPROB_TOLERANCE = 1e-2  # per token, between vLLM and transformers on the same
 WORKER = Path(__file__).with_name("vllm_worker.py")
 
 
-class SwapCheckFailed(RuntimeError):
+class SwapCheckFailed(SftlabError, RuntimeError):
     """Weights swapped into the running engine do not generate what the checkpoint generates."""
 
 

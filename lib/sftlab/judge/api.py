@@ -52,6 +52,7 @@ from sftlab import jsonl
 from sftlab.config import JudgeParams
 from sftlab.judge import cost
 from sftlab.judge.rubric import InvalidJudgment, Mode, Rubric
+from sftlab.errors import SftlabError
 
 MODES: tuple[Mode, ...] = ("json_schema", "json_object", "prompt")
 BREAKER_FAILURES = 3  # connection-level failures, with no answer ever, that mean the endpoint is down
@@ -62,7 +63,7 @@ REPAIR_PROMPT = ("Your reply is not a valid evaluation: {error}\n"
                  "Reply again with only the corrected JSON object, following the schema and the criteria.")
 
 
-class JudgeConfigError(ValueError):
+class JudgeConfigError(SftlabError, ValueError):
     """The backend cannot start (no key, no price for a budget); nothing was sent."""
 
 

@@ -29,14 +29,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import openai
 
-from sftlab.config import atomic_write_text
+from sftlab.clock import utc_now
+from sftlab.files import atomic_write_text
 from sftlab.judge import cost
+from sftlab.progress import bar as progress_bar
 from sftlab.judge.api import (MODES, REPAIR_PROMPT, RETRY_STATUS, Job, OpenAIJudge, Outcome, _connection_level,
                               _describe, _Fatal, _raise_if_fatal, _Tally, _text_of, fatal_reason)
 from sftlab.judge.rubric import InvalidJudgment, Mode
@@ -170,7 +171,7 @@ class BatchJudge(OpenAIJudge):
             input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h",
             metadata={"created_by": "sftlab judge"}))
         record = {"id": batch.id, "input_file_id": upload.id, "status": batch.status,
-                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "processed": False,
+                  "created_at": utc_now(), "processed": False,
                   "lines": {item.job.key: {"mode": item.mode, "repair": item.repair} for item in items}}
         state.append(record)
         self._save(state)  # before the first poll: a kill from here on never submits these rows again
@@ -188,8 +189,6 @@ class BatchJudge(OpenAIJudge):
     async def _collect(self, client: openai.AsyncOpenAI, state: list[dict], record: dict,
                        deadline: float | None) -> None:
         """Poll the batch to its end (cancelling it past the deadline), then settle every line."""
-        from sftlab.progress import bar as progress_bar
-
         p = self.params
         cancelled = False
         with progress_bar(len(record["lines"]), f"judge batch {record['id']}", unit="request", leave=False) as bar:

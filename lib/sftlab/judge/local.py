@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sftlab import models
 from sftlab.config import JudgeParams
+from sftlab.infer.vllm_engine import vllm_python
 from sftlab.judge.api import JudgeConfigError
 
 STARTUP_TIMEOUT_S = 600.0
@@ -37,8 +38,6 @@ def _free_port() -> int:
 
 class LocalJudgeServer:
     def __init__(self, judge: JudgeParams, log_path: Path):
-        from sftlab.infer.vllm_engine import vllm_python
-
         try:
             self.vllm = vllm_python().parent / "vllm"
         except models.ModelError as e:

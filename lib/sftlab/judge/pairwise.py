@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab import paths
+from sftlab.judge import reference
 from sftlab.judge.rubric import (Criterion, InvalidJudgment, PromptTemplate, Rubric, RubricError, _describe,
                                  _strip_fences)
 
@@ -140,8 +141,6 @@ def pair_name(first: str, second: str) -> str:
 def reference_verdict(first: dict, second: dict, single: Rubric) -> tuple[int, str, dict[str, Any]]:
     """The offline verdict for (first shown, second shown): reference-judge overall scores minus a
     penalty for not terminating; returns (verdict -2..2, reason, the numbers behind it)."""
-    from sftlab.judge import reference
-
     sides = []
     for row in (first, second):
         result = reference.evaluate(row, single)
@@ -160,10 +159,20 @@ def reference_verdict(first: dict, second: dict, single: Rubric) -> tuple[int, s
     return verdict, reason, {"a": sides[0][0], "b": sides[1][0], "difference": difference}
 
 
+POSITION_FLIP = ("a position flip: the two orders of a pair prefer different answers (each order prefers the "
+                 "answer it shows first, or each the one it shows second); the pair counts as a tie")
+
+
+def is_position_flip(verdict_one_order: float, verdict_other_order: float) -> bool:
+    """The one definition of a position flip (POSITION_FLIP). Each verdict is from its own first-shown
+    answer's side (+ = the first shown is better), so the two orders agree on a winner when their signs
+    differ; both positive or both negative means the judge followed the position, not the answer.
+    A tie in either order is not a flip."""
+    return verdict_one_order * verdict_other_order > 0
+
+
 def position_flips(rows) -> tuple[int, int]:
-    """(pairs judged in both orders, of which position flips) over judgment rows of `judge/pairwise/`:
-    a flip is two orders that prefer different answers (each verdict is from the first-shown side, so
-    both positive or both negative means each order preferred whatever it showed first, or second)."""
+    """(pairs judged in both orders, of which position flips) over judgment rows of `judge/pairwise/`."""
     verdicts: dict[tuple, list[int]] = {}
     for row in rows:
         if row.status != "judged" or not row.scores:
@@ -172,4 +181,4 @@ def position_flips(rows) -> tuple[int, int]:
         verdicts.setdefault((min(first, second), max(first, second), row.id, row.repeat), []).append(
             row.scores[CRITERION])
     both = [v for v in verdicts.values() if len(v) == 2]
-    return len(both), sum(1 for a, b in both if a * b > 0)
+    return len(both), sum(1 for a, b in both if is_position_flip(a, b))

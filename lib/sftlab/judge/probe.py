@@ -1,8 +1,9 @@
-"""Which structured-output mode a judge server really supports: asked once, at plan time, before any row.
+"""Which structured-output mode a judge server really supports: asked once, before the run's first row.
 
 Servers differ in what they do with `response_format`, and a status code does not tell which: OpenAI
 enforces a json_schema, llama.cpp's server may answer one with HTTP 500, `transformers serve` answers 200
-and ignores it (README, "Judge servers"). So `plan` asks, when the OpenAI backend has rows to judge:
+and ignores it (docs/judge-servers.md). So the judge's preflight (sftlab.judge.stage, run by `run` before
+its first row; `plan` sends nothing) asks, when the OpenAI backend has rows to judge:
 
     for mode in json_schema, json_object, prompt:
         one tiny rubric request (PROBE_RUBRIC: one criterion, "What is 2 + 2?") in that mode
@@ -32,13 +33,14 @@ import asyncio
 import functools
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import openai
 
-from sftlab.config import JudgeParams, atomic_write_text
+from sftlab.clock import utc_now
+from sftlab.config import JudgeParams
+from sftlab.files import atomic_write_text
 from sftlab.reports import shorten
 from sftlab.judge.api import (MODES, OPENAI_URL, RETRY_STATUS, OpenAIJudge, _connection_level, _describe, _text_of,
                               fatal_reason)
@@ -93,12 +95,14 @@ def server_key(judge: JudgeParams) -> str:
     return f"{(judge.base_url or OPENAI_URL).rstrip('/')} {judge.model}"
 
 
-def choose(judge: JudgeParams, directory: Path, ask: bool = True) -> Structured:
-    """The mode to start in, by `judge.structured` and `judge.probe`; probes (sends requests) only when
-    `ask` and no remembered result will do. `directory` is judge/, where probes.json lives."""
-    forced = judge.structured != "auto"
+NOT_ASKED = "not asked yet"  # Structured.how of a plan whose run will ask the server first
+
+
+def known(judge: JudgeParams, directory: Path) -> Structured:
+    """The mode to start in as far as it is known without a request: forced, probe off, remembered; else
+    `NOT_ASKED` (json_schema, until `choose` asks). Reads judge/probes.json only."""
     remembered = _load(directory).get(server_key(judge))
-    if forced and judge.probe != "always":
+    if judge.structured != "auto" and judge.probe != "always":
         tried = [Tried(**t) for t in remembered["tried"]] if remembered else []
         return Structured(judge.structured, "forced", tried, remembered and remembered["probed_at"])
     if judge.probe == "off":
@@ -106,11 +110,17 @@ def choose(judge: JudgeParams, directory: Path, ask: bool = True) -> Structured:
     if remembered and judge.probe == "auto":
         return Structured(remembered["mode"], "remembered", [Tried(**t) for t in remembered["tried"]],
                           remembered["probed_at"])
-    if not ask:
-        return Structured("json_schema", "not probed", note="nothing to judge")
-    from sftlab.judge.stage import run_sync  # the same way out of a running event loop as the run
+    return Structured("json_schema", NOT_ASKED, note="the run asks the server before its first row")
 
-    found = run_sync(probe(judge))
+
+async def choose(judge: JudgeParams, directory: Path) -> Structured:
+    """The mode to start in: `known`, else probed now (sends requests) and remembered when decided.
+    `directory` is judge/, where probes.json lives."""
+    decided = known(judge, directory)
+    if decided.how != NOT_ASKED:
+        return decided
+    forced = judge.structured != "auto"
+    found = await probe(judge)
     if found.how == "probed" and found.tried[-1].result == "valid":
         _remember(directory, judge, found)
     if forced:
@@ -132,7 +142,7 @@ async def probe(judge: JudgeParams) -> Structured:
     finally:
         await client.close()
         backend._secret = None
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = utc_now()
     last = tried[-1]
     if last.result in ("fatal", "unreachable"):
         return Structured("json_schema", "undecided", tried, now, backend.requests,

@@ -29,17 +29,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from sftlab import paths
+from sftlab.errors import SftlabError
 
 Mode = Literal["json_schema", "json_object", "prompt"]
 # Placeholders the user message must have; filled with str.replace so braces in answers are harmless.
 PLACEHOLDERS = ("{conversation}", "{reference}", "{output}")
 
 
-class RubricError(ValueError):
+class RubricError(SftlabError, ValueError):
     """A rubric file that cannot be used; the message names the file and the field."""
 
 
-class InvalidJudgment(ValueError):
+class InvalidJudgment(SftlabError, ValueError):
     """The judge's text is not a valid evaluation; the message says what is wrong, for a repair prompt."""
 
 

@@ -2,15 +2,18 @@
 
     plan(params)        read the generation rows (sftlab.infer.store), pick each row's rubric, compute its cache key and
                         sort it: up to date / reusable from the cache / to judge; with an estimate of
-                        requests, tokens and cost — no row is sent; the OpenAI backend asks the server once
-                        which structured-output mode it supports (sftlab.judge.probe, remembered after that)
-    run(plan)           judge what the plan says and append the rows to `judge/<checkpoint>.jsonl`;
-                        works from a script and from a notebook cell (where an event loop already runs)
+                        requests, tokens and cost. Reads only: no request (not even the probe), no file written
+    preflight(plan)     the OpenAI backend asks the server once which structured-output mode it supports
+                        (sftlab.judge.probe, remembered after that); `run` does it first if not done
+    run(plan)           sort the plan's rows against the store again, then judge what is left and append the
+                        rows to `judge/<checkpoint>.jsonl`; works from a script and from a notebook cell
+                        (where an event loop already runs)
 
 The cache key is a hash of (rubric content, backend and judge model, prompt, reference, output). A row
 is up to date when the latest row of its (checkpoint, id) is judged under its key; otherwise a judged
-row with the same key anywhere in `judge/` is copied (no request); otherwise it is judged. So a re-run
-of a finished stage sends nothing, and a re-run after failures sends requests for the failed rows only.
+row with the same key anywhere in `judge/` is copied (no request); otherwise it is judged. `run` re-reads
+the store before it starts, so calling it twice on the same plan (a notebook cell run again) sends and
+writes nothing the second time and says so; a re-run after failures sends requests for the failed rows only.
 
 Also writes `judge/summary.json` (backend, model, counts, requests, cost). Raises `GenerationsError`
 for missing or malformed generations (file, line, field), `JudgeConfigError` when the backend cannot
@@ -32,13 +35,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sftlab import paths
 from sftlab import record as run_record
-from sftlab.config import JudgeParams, Params, atomic_write_text
+from sftlab.progress import bar as progress_bar
+from sftlab.clock import utc_now
+from sftlab.config import JudgeParams, Params
+from sftlab.files import atomic_write_text
 from sftlab.infer.store import GenerationRow, GenerationsError, read_generations
 from sftlab.judge import cost, pairwise, probe, reference, store
 from sftlab.judge.api import Job, JudgeConfigError, OpenAIJudge, Outcome
@@ -47,15 +52,17 @@ from sftlab.judge.local import LOCAL_NAME, LocalJudgeServer
 from sftlab.judge.pairwise import PairRubric, load_pair_rubric, model_pairs, pair_name
 from sftlab.judge.rubric import Rubric, load_rubric
 from sftlab.judge.store import JudgmentRow
+from sftlab.errors import SftlabError
 
-__all__ = ["GenerationsError", "JudgeConfigError", "JudgeFailed", "JudgeStopped", "Plan", "Summary", "plan", "run"]
+__all__ = ["GenerationsError", "JudgeConfigError", "JudgeFailed", "JudgeStopped", "Plan", "Summary", "plan",
+           "preflight", "run"]
 
-class JudgeStopped(RuntimeError):
+class JudgeStopped(SftlabError, RuntimeError):
     """The endpoint refused every request (bad key, unknown model, no quota) or cannot be reached; rows
     were still written."""
 
 
-class JudgeFailed(RuntimeError):
+class JudgeFailed(SftlabError, RuntimeError):
     """Every row of the run failed; the rows (with their errors) were still written."""
 
 
@@ -186,7 +193,7 @@ def plan(params: Params) -> Plan:
                 reference.check_rubric(rubrics[path], str(paths.resolve(path)))
     identity = f"{backend}:{model}"
     pairwise_mode = judge.mode == "pairwise"
-    directory = params.layout.judge / "pairwise" if pairwise_mode else params.layout.judge
+    directory = params.layout.judgments(judge.mode)
     result = Plan(params, backend, reason, model, {}, items=[], directory=directory, mode=judge.mode)
     if pairwise_mode:
         items = _pair_items(params, rows, rubrics, identity, result.rubrics)
@@ -197,29 +204,52 @@ def plan(params: Params) -> Plan:
     if judge.repeats > 1:  # the same judgment again: a key of its own per pass, so each pass is a request
         items = [item if repeat == 0 else replace(item, key=_repeat_key(item.key, repeat), repeat=repeat)
                  for item in items for repeat in range(judge.repeats)]
-    latest = store.latest_rows(directory)
-    cache = store.judged_by_key(directory)
-    for item in items:
-        result.items.append(item)
-        last = latest.get((item.name, item.row.id, item.repeat))
-        if last and last.key == item.key and last.status == "judged":
-            result.up_to_date.append(item)
-        elif item.key in cache:
-            result.reuse.append((item, cache[item.key]))
-        else:
-            result.jobs.setdefault(item.key, []).append(item)
+    result.items = items
+    result.up_to_date, result.reuse, result.jobs = sort_items(items, directory)
     if backend == "openai":
-        result.structured = _structured(params, bool(result.jobs))
+        result.structured = _known_structured(params)
     return result
 
 
-def _structured(params: Params, to_judge: bool) -> probe.Structured:
-    """The mode the run starts in: probed (at most once per server and model), remembered or forced."""
+def sort_items(items: list[Item], directory: Path) -> tuple[list[Item], list[tuple[Item, JudgmentRow]],
+                                                           dict[str, list[Item]]]:
+    """(up to date, reusable from the cache, to judge by key), as the store in `directory` holds them now."""
+    latest = store.latest_rows(directory)
+    cache = store.judged_by_key(directory)
+    up_to_date, reuse, jobs = [], [], {}
+    for item in items:
+        last = latest.get((item.name, item.row.id, item.repeat))
+        if last and last.key == item.key and last.status == "judged":
+            up_to_date.append(item)
+        elif item.key in cache:
+            reuse.append((item, cache[item.key]))
+        else:
+            jobs.setdefault(item.key, []).append(item)
+    return up_to_date, reuse, jobs
+
+
+def _known_structured(params: Params) -> probe.Structured:
+    """The mode the run starts in, as far as known without a request: forced, remembered, or to be probed."""
     judge = params.judge
     if judge.backend == "local":  # its server starts with the run: nothing to ask yet
         return probe.Structured("json_schema" if judge.structured == "auto" else judge.structured, "not probed",
                                 note="the local vLLM server starts with the run; a 400/422 moves down a mode")
-    return probe.choose(judge, params.layout.judge, ask=to_judge)
+    return probe.known(judge, params.layout.judge)
+
+
+def preflight(planned: Plan) -> probe.Structured | None:
+    """What the run needs before its first row: under the OpenAI backend, the structured-output mode, asked
+    of the server (a few tiny probe requests, at most once per server and model: sftlab.judge.probe) when
+    the plan has rows to judge and nothing is known yet. `run` does this first; the notebook may call it to
+    show the result before judging."""
+    return run_sync(_preflight(planned))
+
+
+async def _preflight(planned: Plan) -> probe.Structured | None:
+    structured = planned.structured
+    if structured is not None and structured.how == probe.NOT_ASKED and planned.jobs:
+        planned.structured = await probe.choose(planned.params.judge, planned.params.layout.judge)
+    return planned.structured
 
 
 def _repeat_key(key: str, repeat: int) -> str:
@@ -326,9 +356,10 @@ class Summary:
         return "\n".join(lines)
 
 
-def run(planned: Plan, progress: bool = True) -> Summary:
-    """Judge what `planned` says; append every row; return the counts."""
-    return run_sync(_run(planned.params, planned, progress))
+def run(planned: Plan, progress: bool = True, echo: Callable[[str], None] = print) -> Summary:
+    """Judge what `planned` says is left, as the store holds it now (the preflight first, if not done); append
+    every row; return the counts. A plan whose rows are all judged already sends and writes nothing."""
+    return run_sync(_run(planned.params, planned, progress, echo))
 
 
 def run_sync(coroutine):
@@ -354,22 +385,28 @@ def run_sync(coroutine):
     return result["value"]
 
 
-async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
-    from sftlab.progress import bar as progress_bar
-
+async def _run(params: Params, planned: Plan, progress: bool, echo: Callable[[str], None]) -> Summary:
     started = time.monotonic()
-    summary = Summary(planned.backend, planned.model, rows=len(planned.items),
-                      up_to_date=len(planned.up_to_date), from_cache=len(planned.reuse),
-                      probe=str(planned.structured) if planned.structured else None)
+    # The store again: rows judged since planning (a first call of run, another run) are not judged twice.
+    up_to_date, reuse, jobs = sort_items(planned.items, planned.directory)
+    planned.up_to_date, planned.reuse, planned.jobs = up_to_date, reuse, jobs
+    summary = Summary(planned.backend, planned.model, rows=len(planned.items), up_to_date=len(up_to_date),
+                      from_cache=len(reuse))
+    if not reuse and not jobs:
+        echo(f"judge: nothing to do — all {len(up_to_date)} rows of the plan are judged in {planned.directory}")
+        summary.probe = str(planned.structured) if planned.structured else None
+        return summary
+    await _preflight(planned)
+    summary.probe = str(planned.structured) if planned.structured else None
     costs: list[float | None] = []
     with store.Appender(planned.directory) as out:
-        for item, cached in planned.reuse:
+        for item, cached in reuse:
             out.append(_copied_row(item, cached))
 
-        bar = progress_bar(planned.to_judge, "judge", unit="row", disable=not progress)
+        bar = progress_bar(sum(len(items) for items in jobs.values()), "judge", unit="row", disable=not progress)
 
         def record(key: str, outcome: Outcome) -> None:
-            items = planned.jobs[key]
+            items = jobs[key]
             for index, item in enumerate(items):
                 row = _row(item, planned, outcome)
                 if index:  # rows that share a judgment pay for it once
@@ -386,9 +423,9 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
 
         try:
             if planned.backend == "reference":
-                for key, items in planned.jobs.items():
+                for key, items in jobs.items():
                     record(key, _reference_outcome(items[0]))
-            elif planned.jobs:
+            elif jobs:
                 local = None
                 settings = params.judge
                 if settings.backend == "local":  # an open model served on this machine for the run
@@ -399,10 +436,10 @@ async def _run(params: Params, planned: Plan, progress: bool) -> Summary:
                 start = planned.structured.mode if planned.structured else None
                 backend = (BatchJudge(settings, start_mode=start, state_dir=params.layout.judge) if settings.batch
                            else OpenAIJudge(settings, start_mode=start))
-                jobs = [Job(key, items[0].rubric, items[0].row.prompt, items[0].row.reference,
-                            items[0].output) for key, items in planned.jobs.items()]
+                distinct = [Job(key, items[0].rubric, items[0].row.prompt, items[0].row.reference,
+                                items[0].output) for key, items in jobs.items()]
                 try:
-                    await backend.judge_all(jobs, lambda job, outcome: record(job.key, outcome))
+                    await backend.judge_all(distinct, lambda job, outcome: record(job.key, outcome))
                 finally:
                     if local is not None:
                         local.__exit__()
@@ -456,22 +493,18 @@ def _row(item: Item, planned: Plan, outcome: Outcome) -> JudgmentRow:
         overall=item.rubric.overall(outcome.scores) if outcome.scores else None,
         error=outcome.error, raw=outcome.raw, first_raw=outcome.first_raw, usage=outcome.usage, cost_usd=outcome.cost_usd,
         requests=outcome.requests, structured=outcome.structured, metrics=outcome.metrics, reused_from=None,
-        meta=row.meta, judged_at=_now(), repeat=item.repeat)
+        meta=row.meta, judged_at=utc_now(), repeat=item.repeat)
 
 
 def _copied_row(item: Item, cached: JudgmentRow) -> JudgmentRow:
     return cached.model_copy(update={
         "id": item.row.id, "checkpoint": item.name, "meta": item.row.meta, "usage": None, "repeat": item.repeat,
-        "cost_usd": 0.0, "requests": 0, "reused_from": f"{cached.checkpoint}/{cached.id}", "judged_at": _now()})
+        "cost_usd": 0.0, "requests": 0, "reused_from": f"{cached.checkpoint}/{cached.id}", "judged_at": utc_now()})
 
 
 def _write_summary(params: Params, planned: Plan, summary: Summary) -> None:
-    folder = planned.directory
-    folder.mkdir(parents=True, exist_ok=True)
+    target = params.layout.judge_summary(planned.mode)
+    target.parent.mkdir(parents=True, exist_ok=True)
     data = {**summary.__dict__, "rubrics": {str(p): r.name for p, r in planned.rubrics.items()},
-            "finished": _now()}
-    atomic_write_text(folder / "summary.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+            "finished": utc_now()}
+    atomic_write_text(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 from sftlab import jsonl
 from sftlab.checkpoints import checkpoint_order
+from sftlab.errors import SftlabError
 
 
-class JudgmentsError(ValueError):
+class JudgmentsError(SftlabError, ValueError):
     """A judgment file with a row that cannot be read; the message names the file, line and field."""
 
 
@@ -55,6 +56,8 @@ class JudgmentRow(BaseModel):
 
 
 FIELDS = tuple(JudgmentRow.model_fields)
+# The one prefix of a criterion's score column, in every table of judgments or scores: "score_accuracy".
+SCORE_PREFIX = "score_"
 
 
 def reasons_text(reasons: dict[str, str] | None) -> str:
@@ -123,6 +126,6 @@ def load_frame(directory: Path):
         return frame
     keys = list(dict.fromkeys(k for scores in frame["scores"] if isinstance(scores, dict) for k in scores))
     for key in keys:
-        frame[f"score_{key}"] = [s.get(key) if isinstance(s, dict) else None for s in frame["scores"]]
-        frame[f"score_{key}"] = frame[f"score_{key}"].astype("Float64")
+        frame[SCORE_PREFIX + key] = [s.get(key) if isinstance(s, dict) else None for s in frame["scores"]]
+        frame[SCORE_PREFIX + key] = frame[SCORE_PREFIX + key].astype("Float64")
     return frame

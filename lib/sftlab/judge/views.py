@@ -9,6 +9,7 @@ import pandas as pd
 
 from sftlab import pages
 from sftlab.judge.rubric import Rubric
+from sftlab.judge.store import SCORE_PREFIX
 from sftlab.checkpoints import checkpoint_order
 
 ABOUT_BACKENDS = {
@@ -47,7 +48,7 @@ def judged_by(judgments: pd.DataFrame) -> str:
 
 
 def score_columns(judgments: pd.DataFrame) -> list[str]:
-    return [c for c in judgments.columns if c.startswith("score_")]
+    return [c for c in judgments.columns if c.startswith(SCORE_PREFIX)]
 
 
 def criterion_means(judgments: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +56,7 @@ def criterion_means(judgments: pd.DataFrame) -> pd.DataFrame:
     if judgments.empty:
         return pd.DataFrame()
     grouped = judgments.groupby("checkpoint", sort=False)
-    table = grouped[score_columns(judgments)].mean().rename(columns=lambda c: c.removeprefix("score_"))
+    table = grouped[score_columns(judgments)].mean().rename(columns=lambda c: c.removeprefix(SCORE_PREFIX))
     table["overall"] = grouped["overall"].apply(lambda s: pd.to_numeric(s, errors="coerce").mean())
     table["rows"] = grouped.size()
     table["errors"] = grouped["status"].apply(lambda s: int((s == "error").sum()))
@@ -79,7 +80,7 @@ def plot_distributions(judgments: pd.DataFrame, rubrics: dict[str, Rubric] | Non
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
     width = 0.8 / max(1, len(checkpoints))
     for ax, column in zip(axes.flat, columns):
-        key = column.removeprefix("score_")
+        key = column.removeprefix(SCORE_PREFIX)
         values = judgments[column].dropna().astype(int)
         low, high = scales.get(key, (int(values.min()) if len(values) else 1, int(values.max()) if len(values) else 5))
         for i, checkpoint in enumerate(checkpoints):
@@ -105,3 +106,35 @@ def error_rows(judgments: pd.DataFrame) -> pd.DataFrame:
         return judgments
     failed = judgments[judgments["status"] != "judged"]
     return failed[["checkpoint", "id", "status", "error", "raw", "first_raw", "requests"]].reset_index(drop=True)
+
+
+def summary(judgments: pd.DataFrame, run=None):
+    """The judge report's one-paragraph summary: who judged how many rows, how many failed, the mean overall
+    per model, and what this run cost (`run`: the stage's `Summary`)."""
+    from sftlab.tables import summary_block
+
+    sentences = []
+    if run is not None:
+        sentences.append(f"Judge: {run.backend} ({run.model}).")
+    if judgments.empty:
+        return summary_block([*sentences, "⚠ No judgments."])
+    checkpoints = sorted(judgments["checkpoint"].unique(), key=checkpoint_order)
+    status = judgments["status"].value_counts()
+    what = "ordered model pairs" if any("~" in str(c) for c in checkpoints) else "models"
+    sentences.append(f"{len(judgments)} judgments of {len(checkpoints)} {what}: {int(status.get('judged', 0))} "
+                     f"scored, {int(status.get('error', 0))} failed, {int(status.get('not_judged', 0))} not judged.")
+    if run is not None and run.failure_line():
+        sentences.append(f"⚠ {run.failure_line()} (unscored rows count as missing, never as zero).")
+    elif status.get("error", 0) or status.get("not_judged", 0):
+        sentences.append("⚠ Unscored rows count as missing, never as zero: see Errors below.")
+    if "overall" in judgments:
+        means = judgments.assign(overall=pd.to_numeric(judgments["overall"], errors="coerce")) \
+            .groupby("checkpoint")["overall"].mean()
+        shown = [f"{name} {means[name]:.3f}" for name in checkpoints if name in means and pd.notna(means[name])]
+        if shown:
+            sentences.append("Mean overall score (0–1): " + ", ".join(shown) + ".")
+    if run is not None:
+        cost = "unknown (no price for this model)" if run.cost_usd is None else f"${run.cost_usd:.4f}"
+        sentences.append(f"This run: {run.requests} requests, cost {cost}, {run.seconds:.1f} s; {run.up_to_date} "
+                         f"rows up to date, {run.from_cache} from the cache.")
+    return summary_block(sentences)

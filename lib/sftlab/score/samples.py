@@ -10,16 +10,20 @@ Raises `ScoreError` when a compared experiment has no generations.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from sftlab import checkpoints, jsonl, paths
 from sftlab.infer import store as generations_store
 from sftlab.judge import store as judgments_store
+from sftlab.judge.store import SCORE_PREFIX  # per-criterion columns: "score_정확성"
+from sftlab.train.views import training_curves
+from sftlab.errors import SftlabError
 
-SCORE_PREFIX = "score:"  # per-criterion columns of the per-sample table: "score:정확성"
 
 
-class ScoreError(ValueError):
+class ScoreError(SftlabError, ValueError):
     """Inputs that cannot be scored; the message names the experiment or checkpoint."""
 
 
@@ -57,10 +61,11 @@ def per_sample(experiments: list[str]) -> pd.DataFrame:
     return samples.sort_values(["experiment", "step", "id"], kind="stable").reset_index(drop=True)
 
 
-def judgment_passes(layout: paths.ExperimentLayout) -> pd.DataFrame:
-    """The judge stage's latest row per (checkpoint, id, repeat), flattened: one row per pass."""
+def judgment_passes(folder: Path) -> pd.DataFrame:
+    """The judge stage's latest row per (checkpoint, id, repeat) in `folder` (`layout.judge`, or
+    `layout.pairwise_judge`), flattened: one row per pass."""
     records = []
-    for (checkpoint, sample_id, repeat), row in judgments_store.latest_rows(layout.judge).items():
+    for (checkpoint, sample_id, repeat), row in judgments_store.latest_rows(folder).items():
         judged = row.status == "judged"
         record = {"checkpoint": checkpoint, "id": sample_id, "repeat": repeat, "judge_status": row.status,
                   "overall": row.overall if judged else None, "judge_error": row.error,
@@ -76,7 +81,7 @@ def judgment_passes(layout: paths.ExperimentLayout) -> pd.DataFrame:
 def latest_judgments(layout: paths.ExperimentLayout) -> pd.DataFrame:
     """One row per (checkpoint, id) for joining: with several passes (judge.repeats), the mean of the
     judged passes' scores; `judged` when any pass was, the cost of all passes."""
-    passes = judgment_passes(layout)
+    passes = judgment_passes(layout.judge)
     if passes.empty or passes["repeat"].max() == 0:
         return passes.drop(columns=["repeat"], errors="ignore")
     scored = [c for c in passes.columns if c.startswith(SCORE_PREFIX)] + ["overall"]
@@ -97,8 +102,6 @@ def criteria_of(samples: pd.DataFrame) -> list[str]:
 
 def training_history(experiments: list[str]) -> pd.DataFrame:
     """The train stage's curves of every experiment, one frame for overlaying."""
-    from sftlab.train.views import training_curves
-
     frames = [training_curves(paths.ExperimentLayout.of(e).train).assign(experiment=e) for e in experiments]
     columns = ["experiment", "step", "loss", "grad_norm"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)

@@ -1,4 +1,4 @@
-"""The score stage's numbers: bootstrap intervals, per-checkpoint summary, paired differences, the
+"""The score stage's numbers (intervals from sftlab.score.bootstrap): per-checkpoint summary, paired differences, the
 study table and the index headline. Pure functions of the per-sample frame (sftlab.score.samples).
 
 Unscored rows (judge errors, not judged) are excluded from score means and counted, never taken as 0.
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sftlab.metrics import METRICS
+from sftlab.score import bootstrap
 from sftlab.score.samples import SCORE_PREFIX, ScoreError, criteria_of
 
 # Rates of degeneration per checkpoint: termination, then every metric but the length ratio (shown apart).
@@ -19,18 +20,6 @@ DEGENERATION = ["eos_terminated", *(m for m in METRICS if m != "length_ratio")]
 # --------------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------------
-
-
-def bootstrap_mean(values, n_boot: int, confidence: float, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Mean and percentile bootstrap interval; NaNs are dropped first (unscored rows are not zeros)."""
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return (np.nan, np.nan, np.nan)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return (float(values.mean()), float(low), float(high))
 
 
 def summarize(samples: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
@@ -43,15 +32,15 @@ def summarize(samples: pd.DataFrame, n_boot: int = 2000, confidence: float = 0.9
                "n_judged": int(judged.sum()), "judge_errors": int((group["judge_status"] == "error").sum()),
                "not_judged": int((group["judge_status"] == "not_judged").sum())}
         row["judge_error_rate"] = row["judge_errors"] / len(group)
-        _put(row, "eos_rate", bootstrap_mean(group["eos_terminated"], n_boot, confidence, rng))
+        _put(row, "eos_rate", bootstrap.mean_interval(group["eos_terminated"], n_boot, confidence, rng))
         for metric in DEGENERATION[1:]:
             row[metric] = float(group[metric].mean())
         row["mean_tokens"] = float(group["n_tokens"].mean())
         row["length_ratio"] = float(group["length_ratio"].mean())
         if "overall" in group:
-            _put(row, "overall", bootstrap_mean(group["overall"], n_boot, confidence, rng))
+            _put(row, "overall", bootstrap.mean_interval(group["overall"], n_boot, confidence, rng))
         for criterion in criteria_of(samples):
-            _put(row, criterion, bootstrap_mean(group[SCORE_PREFIX + criterion], n_boot, confidence, rng))
+            _put(row, criterion, bootstrap.mean_interval(group[SCORE_PREFIX + criterion], n_boot, confidence, rng))
         row["cost_usd"] = float(group["cost_usd"].sum()) if "cost_usd" in group else 0.0
         row["judge"] = _judge_label(group)
         rows.append(row)
@@ -99,7 +88,7 @@ def paired_differences(samples: pd.DataFrame, baseline: tuple[str, str], n_boot:
         shared = group.index.intersection(base.index)
         for metric in metrics:
             diff = (group.loc[shared, metric].astype(float) - base.loc[shared, metric].astype(float)).dropna()
-            mean, low, high = bootstrap_mean(diff.values, n_boot, confidence, rng)
+            mean, low, high = bootstrap.mean_interval(diff.values, n_boot, confidence, rng)
             rows.append({"experiment": experiment, "checkpoint": checkpoint, "step": step,
                          "metric": metric.removeprefix(SCORE_PREFIX), "n_pairs": len(diff),
                          "difference": mean, "low": low, "high": high,

@@ -23,6 +23,7 @@ import html
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -53,6 +54,8 @@ class LabelAudit:
     answer_ends: int = 0  # end-of-turn tokens that close a supervised span (an answer)
     answer_ends_supervised: int = 0
     rows_without_end: int = 0  # rows with supervised tokens but no end-of-turn after them (cut by max_length)
+    data: Any = None  # sftlab.train.supervision.Report: the whole training set, not only the audited rows
+    requested_rows: int = 0  # train.audit_rows
 
     @property
     def supervised_tokens(self) -> int:
@@ -67,7 +70,10 @@ class LabelAudit:
         return self.answer_ends > 0 and self.answer_ends_supervised == self.answer_ends
 
     def summary(self) -> str:
-        return (f"{len(self.rows)} audited sequences, {self.supervised_tokens} of {self.total_tokens} tokens carry loss; "
+        whole = f"whole set: {self.data.summary()}. " if self.data is not None else ""
+        fewer = (f" (of {self.requested_rows} asked: the set has no more)"
+                 if self.requested_rows > len(self.rows) else "")
+        return whole + (f"{len(self.rows)} audited sequences{fewer}, {self.supervised_tokens} of {self.total_tokens} tokens carry loss; "
                 f"end-of-turn {self.end_of_turn!r} supervised at {self.answer_ends_supervised} of {self.answer_ends} "
                 f"answer ends; pad token {self.pad_token!r}"
                 + (f"; {self.rows_without_end} sequence(s) end without it (cut by max_length)" if self.rows_without_end else ""))
@@ -142,15 +148,22 @@ def run_label_audit(config_path: Path, rows: int = 8, html_path: Path | None = N
         local_config = Path(scratch) / "audit_config.yaml"
         local_config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
         script_args, training_args = train.parse_args(
-            ["--config", str(local_config), "--output_dir", scratch, "--report_to", "none"])
+            ["--config", str(local_config), "--output_dir", scratch, "--report_to", "none",
+             "--eval_strategy", "no", "--do_eval", "False"])  # the audit looks at training rows only
         tokenizer, model = train.load_tokenizer_and_model(script_args, training_args, weights=False)
-        dataset = train.load_rows(script_args.train_file)
+        # Every row, tokenized and cut as the trainer will get it: the report counts what is trained.
+        dataset, report = train.load_rows(script_args, training_args, tokenizer)
+        if len(dataset) == 0:
+            raise UnsupervisedEOSError(f"label audit: none of the {report.rows} training rows is left to train: "
+                                       f"{report.summary()}")
         dataset = dataset.select(range(min(rows, len(dataset))))
         trainer = train.build_trainer(script_args, training_args, tokenizer, model, dataset,
                                       trainer_class=_weightless_trainer_class())
         prepared = trainer.train_dataset
-        batch = trainer.data_collator([prepared[i] for i in range(min(rows, len(prepared)))])
+        batch = trainer.data_collator([prepared[i] for i in range(len(prepared))])
     audit = audit_batch(batch, tokenizer, end_of_turn_token_id(tokenizer))
+    audit.data = report
+    audit.requested_rows = rows
     if html_path is not None:
         html_path.write_text(render_html(audit), encoding="utf-8")
     if not audit.ok and not (allow_unsupervised_eos and audit.answer_ends > 0):
@@ -179,7 +192,28 @@ _CSS = """
 .sftlab-audit .masked { background: #eee; color: #777; }
 .sftlab-audit .eot.loss { background: #3a9d3a; color: white; font-weight: bold; }
 .sftlab-audit .eot.masked { background: #d43c3c; color: white; font-weight: bold; }
+.sftlab-audit table { border-collapse: collapse; margin: .4em 0; font-family: sans-serif; }
+.sftlab-audit th, .sftlab-audit td { border: 1px solid #ddd; padding: .15em .5em; text-align: right; }
 """
+
+
+def _whole_set_table(report) -> str:
+    """Every row of the training set: rows trained, left out, cut, and supervision per answer position."""
+    if report is None:
+        return ""
+    facts = [("rows read", report.rows), ("rows trained", report.trained),
+             ("rows longer than max_length", report.overlong)]
+    facts += [(f"left out: {why}", n) for why, n in report.dropped.items()]
+    facts += [(f"cut: {why}", n) for why, n in report.truncated.items()]
+    head = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in facts)
+    turns = "".join(
+        f"<tr><td>{n}</td><td>{s.turns}</td><td>{s.trained}</td><td>{s.untrained_weight0}</td>"
+        f"<td>{s.untrained_last_only}</td><td>{s.cut}</td><td>{s.supervised_tokens}</td></tr>"
+        for n, s in enumerate(report.positions, start=1))
+    return ("<h4>Whole training set</h4><table class=\"facts\">" + head + "</table>"
+            "<h4>Supervision per answer (1st, 2nd, ... assistant turn of a conversation)</h4>"
+            "<table class=\"turns\"><tr><th>answer</th><th>rows with it</th><th>trained</th><th>weight 0</th>"
+            "<th>context only (turns: last)</th><th>cut away</th><th>supervised tokens</th></tr>" + turns + "</table>")
 
 
 def render_html(audit: LabelAudit) -> str:
@@ -197,6 +231,7 @@ def render_html(audit: LabelAudit) -> str:
     return pages.styled((f'<!doctype html><html><head><meta charset="utf-8"><title>label audit</title>'
             f"<style>{_CSS}</style></head><body><div class=\"sftlab-audit\">"
             f"<h3>Label audit — {html.escape(verdict)}</h3><p>{html.escape(audit.summary())}</p>"
-            f'<p><span class="loss">carries loss</span> <span class="masked">masked (-100)</span> '
+            + _whole_set_table(audit.data)
+            + f'<p><span class="loss">carries loss</span> <span class="masked">masked (-100)</span> '
             f'<span class="eot loss">answer end, supervised</span> <span class="eot masked">answer end, masked</span></p>'
             + "".join(rows) + "</div></body></html>"), ".sftlab-audit", monospace=True)

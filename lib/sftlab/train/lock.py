@@ -35,17 +35,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from sftlab.clock import utc_now
 from sftlab.lifeline import alive
+from sftlab.errors import SftlabError
 
 HEARTBEAT_S = 30.0
 STALE_S = 120.0  # a lock of another host whose heartbeat is older than this is taken over
 
 
-class TrainLocked(RuntimeError):
+class TrainLocked(SftlabError, RuntimeError):
     """Another trainer holds the experiment; the message names it (pid, host, since when, command)."""
 
 
@@ -208,7 +209,7 @@ def _me(experiment_dir: Path) -> dict:
     runner = os.getppid() if os.environ.get("SFTLAB_RUN") else None  # a kernel started by `sftlab run`
     command = _cmdline(runner) if runner else None
     return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "started": utc_now(),
             "command": command or _readable(sys.argv), "runner_pid": runner if command else None,
             "pid_start": _start_ticks(os.getpid()), "experiment": str(experiment_dir)}
 

@@ -34,8 +34,10 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig
 
 from sftlab import models, progress
-from sftlab.checkpoints import newest_complete
-from sftlab.config import Collator, DType, collator_conflict
+from sftlab.checkpoints import check_resumable, newest_complete, prune_resume_state
+from sftlab.knobs import Collator, DType, Overlong, Turns, collator_conflict
+from sftlab.paths import TRAIN_SUMMARY_FILE
+from sftlab.train import supervision
 
 ADDED_PAD_TOKEN = "<|pad|>"
 
@@ -45,12 +47,17 @@ class ScriptArguments:
     """sftlab's own arguments, named as in the params file; every other key of the YAML is SFTConfig's."""
 
     model_name_or_path: str = field(metadata={"help": "base model: a local folder or a hub id"})
-    train_file: str = field(metadata={"help": "JSONL of {id, prompt, completion} rows in chat form"})
+    train_file: str = field(metadata={"help": "JSONL of {id, messages, untrained, tools} conversations"})
     collator: Collator = field(default="trl", metadata={"help": "trl | legacy_pad_masked (pad-id labels set to -100)"})
     pad_token: str = field(default="eos", metadata={"help": "eos | add | a token of the vocabulary"})
     use_reentrant: bool = field(default=False, metadata={"help": "gradient_checkpointing_kwargs use_reentrant"})
     resume: str = field(default="auto", metadata={"help": "auto (newest complete checkpoint) | never | a path"})
     dtype: DType = field(default="auto", metadata={"help": "model.dtype; weights dtype by models.weights_dtype"})
+    turns: Turns = field(default="all", metadata={"help": "all | last: which assistant turns carry loss"})
+    overlong: Overlong = field(default="error", metadata={"help": "error | drop | keep_start | keep_end"})
+    chat_template: str | None = field(default=None, metadata={"help": "a Jinja chat template file to use"})
+    eval_file: str | None = field(default=None, metadata={"help": "conversations for eval loss (data.test)"})
+    keep_optimizer: str = field(default="newest", metadata={"help": "newest | all: checkpoints keeping resume state"})
 
 
 @dataclass
@@ -103,6 +110,8 @@ def load_tokenizer_and_model(script_args: ScriptArguments, training_args, weight
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    if script_args.chat_template:  # before the stop tokens are derived from it
+        tokenizer.chat_template = Path(script_args.chat_template).read_text(encoding="utf-8")
     dtype = getattr(torch, models.weights_dtype(script_args.dtype, training=True))
     if weights:
         model = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path, dtype=dtype)
@@ -156,7 +165,7 @@ def legacy_pad_masked_collator(pad_token_id: int, pad_to_multiple_of: int | None
 
 
 def build_trainer(script_args: ScriptArguments, training_args, tokenizer, model, dataset, callbacks=(),
-                  trainer_class=None):
+                  trainer_class=None, eval_dataset=None):
     from trl import SFTTrainer
 
     trainer_class = trainer_class or SFTTrainer
@@ -170,15 +179,29 @@ def build_trainer(script_args: ScriptArguments, training_args, tokenizer, model,
     collator = None
     if script_args.collator == "legacy_pad_masked":
         collator = legacy_pad_masked_collator(tokenizer.pad_token_id, training_args.pad_to_multiple_of)
-    return trainer_class(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                         data_collator=collator, callbacks=list(callbacks))
+    return trainer_class(model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, data_collator=collator, callbacks=list(callbacks))
 
 
-def load_rows(train_file: str):
-    from datasets import load_dataset
+def read_conversations(path: str) -> list[dict]:
+    """The rows the train stage wrote (sftlab.train.launch.write_train_rows)."""
+    from sftlab import jsonl
 
-    dataset = load_dataset("json", data_files=train_file, split="train")
-    return dataset.remove_columns([c for c in dataset.column_names if c not in ("prompt", "completion")])
+    return jsonl.read_rows(Path(path))
+
+
+def load_rows(script_args: ScriptArguments, training_args, tokenizer, path: str | None = None):
+    """The rows to train (or `path`'s, e.g. the eval rows) as `input_ids` + `completion_mask`, cut to
+    max_length by the overlong policy (sftlab.train.supervision), and the report over all of them."""
+    from datasets import Dataset
+
+    rows, report = supervision.tokenize(
+        read_conversations(path or script_args.train_file), tokenizer, turns=script_args.turns,
+        loss="all" if training_args.completion_only_loss is False else "completion",
+        max_length=training_args.max_length, overlong=script_args.overlong)
+    dataset = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows],
+                                 "completion_mask": [r["completion_mask"] for r in rows]})
+    return dataset, report
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,14 +246,39 @@ class SaveLastStep(TrainerCallback):
         return control
 
 
+class PruneResumeState(TrainerCallback):
+    """`keep_optimizer: newest`: once a checkpoint is complete (the trainer calls on_save after writing its
+    trainer_state.json), the older checkpoints lose their optimizer, scheduler and RNG state and keep weights,
+    tokenizer, configs and trainer state: all that infer and score read (sftlab.checkpoints). Run by the
+    process that saved them: rank 0, or each node's first process with save_on_each_node."""
+
+    def __init__(self, keep_optimizer: str):
+        if keep_optimizer not in ("newest", "all"):
+            raise ValueError(f"keep_optimizer: {keep_optimizer!r} is not one of newest, all")
+        self.keep_optimizer = keep_optimizer
+        self.said = False
+
+    def on_save(self, args, state, control, **kwargs):
+        saver = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
+        if self.keep_optimizer == "newest" and saver:
+            pruned = prune_resume_state(Path(args.output_dir))
+            if pruned and not self.said:  # once a launch: the rule, not a line per save
+                print(f"[sftlab] {pruned[-1].name} and older checkpoints keep weights only; the optimizer state "
+                      "is in the newest one (train.keep_optimizer: newest)", flush=True)
+                self.said = True
+
+
 def resume_from(script_args: ScriptArguments, output_dir: str) -> str | None:
     if script_args.resume == "never":
         return None
     if script_args.resume == "auto":
         newest = newest_complete(Path(output_dir))
+        if newest:
+            check_resumable(newest)
         return str(newest) if newest else None
     if not Path(script_args.resume).is_dir():
         raise ValueError(f"resume: {script_args.resume} is not a checkpoint folder")
+    check_resumable(Path(script_args.resume))
     return script_args.resume
 
 
@@ -242,14 +290,25 @@ def main(script_args: ScriptArguments, training_args) -> None:
     # Load the model and tokenizer
     tokenizer, model = load_tokenizer_and_model(script_args, training_args)
 
-    # Load the dataset
-    dataset = load_rows(script_args.train_file)
+    # Load the dataset: every row tokenized and masked by sftlab, cut to max_length by the overlong policy
+    dataset, report = load_rows(script_args, training_args, tokenizer)
+    eval_dataset = None
+    if script_args.eval_file:
+        eval_dataset, eval_report = load_rows(script_args, training_args, tokenizer, script_args.eval_file)
+        if training_args.process_index == 0:
+            print(f"[sftlab] eval rows: {eval_report.summary()}", flush=True)
+    if training_args.process_index == 0:
+        print(f"[sftlab] training rows: {report.summary()}", flush=True)
 
     # Initialize the trainer
     trainer = build_trainer(script_args, training_args, tokenizer, model, dataset,
-                            callbacks=[ProgressPrinter(), SaveLastStep()])
+                            callbacks=[ProgressPrinter(), SaveLastStep()], eval_dataset=eval_dataset)
+    if len(trainer.train_dataset) != report.trained and not training_args.packing:
+        raise RuntimeError(f"the trainer prepared {len(trainer.train_dataset)} rows of the {report.trained} "
+                           "sftlab handed it: it dropped rows on its own")
 
     trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same in one line
+    trainer.add_callback(PruneResumeState(script_args.keep_optimizer))
     trainer.data_collator = counter = TokenCounter(trainer.data_collator)
 
     # Train, resuming after a crash or a kill: the token counters go on from the checkpoint's.
@@ -262,7 +321,7 @@ def main(script_args: ScriptArguments, training_args) -> None:
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        summary = write_summary(trainer, Path(training_args.output_dir), before, counter)
+        summary = write_summary(trainer, Path(training_args.output_dir), before, counter, report)
         print(f"[sftlab] done: {json.dumps(summary)}", flush=True)
 
 
@@ -339,7 +398,8 @@ def token_totals_at(checkpoint: str) -> dict:
             "supervised": None, "positions": None}
 
 
-def write_summary(trainer, output_dir: Path, before: dict, counter: TokenCounter) -> dict:
+def write_summary(trainer, output_dir: Path, before: dict, counter: TokenCounter,
+                  report: supervision.Report | None = None) -> dict:
     """train_summary.json (rank 0): the run's token counts from its first step (a resumed run included),
     this launch's wall time and throughput, and its peak memory."""
     state = {"log_history": trainer.state.log_history}
@@ -354,6 +414,11 @@ def write_summary(trainer, output_dir: Path, before: dict, counter: TokenCounter
         padding = 1 - launch_tokens / positions if positions else None
     summary = {
         "global_step": trainer.state.global_step,
+        # The rows the trainer saw (every row sftlab counted as trained; see the label audit) and the epochs
+        # over them that the steps make.
+        "rows_trained": report.trained if report else None,
+        "rows_read": report.rows if report else None,
+        "epochs": round(trainer.state.epoch, 4) if trainer.state.epoch is not None else None,
         "resumed_from_step": before["step"] or None,
         "train_runtime_s": round(runtime, 2),  # this launch
         "tokens": totals["num_tokens"],  # input tokens of the whole run, padding excluded, as counted by TRL
@@ -368,5 +433,5 @@ def write_summary(trainer, output_dir: Path, before: dict, counter: TokenCounter
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
     }
-    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (output_dir / TRAIN_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -34,6 +34,17 @@ def plot_curves(curves, path: Path | None = None, title: str = ""):
     return fig
 
 
+def save_curves(train_dir: Path, path: Path, title: str = "") -> bool:
+    """Plot the curves of `train_dir` into `path` (the train stage's curves.png); False when nothing is logged."""
+    import matplotlib.pyplot as plt
+
+    curves = training_curves(train_dir)
+    if not len(curves):
+        return False
+    plt.close(plot_curves(curves, path, title=title))
+    return True
+
+
 def checkpoint_table(train_dir: Path):
     """The complete checkpoints, in step order."""
     import pandas as pd
