@@ -107,7 +107,8 @@ def jupyter_lab(root: Path, env: dict[str, str], timeout_s: float = 90):
     log = home / "server.log"
     command = [str(bin_dir / "jupyter-lab"), "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-               "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+               "--allow-root", "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+               "--LabApp.extension_manager=readonly",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     with log.open("w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=server_env, cwd=root)
@@ -156,6 +157,7 @@ def browse(url: str, viewport: dict | None = None):
                     route.abort()
 
             context.route("**/*", route)
+            context.set_default_timeout(60_000)  # a JupyterLab on a busy machine
             page = context.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url)

@@ -6,6 +6,7 @@ made up by the test."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -164,8 +165,10 @@ def test_disagreements_come_first(outputs):
                                  judgment("base", "s2", {**ok, "accuracy": 4}, repeat=1)])
     # judged good, yet it did not stop
     write(judge / "checkpoint-10.jsonl", [judgment("checkpoint-10", "s3", dict.fromkeys(ok, 5))])
-    write(outputs / EXPERIMENT / "generations" / "checkpoint-10.jsonl",
-          [generation("checkpoint-10", 3, "달 " * 50, finish_reason="length")])
+    answers = outputs / EXPERIMENT / "generations" / "checkpoint-10.jsonl"
+    answers.unlink()
+    write(answers, [generation("checkpoint-10", i, "달 " * 50 if i == 3 else ANSWERS[i], finish_reason="length"
+                               if i == 3 else "eos") for i in range(5)])
     # pairwise orders flipped on s4 (each order prefers the answer shown first)
     pairwise = judge / "pairwise"
     write(pairwise / "base~checkpoint-20.jsonl", [{**judgment("base~checkpoint-20", "s4", {"verdict": 1})}])
@@ -234,12 +237,20 @@ def lab(tmp_path_factory):
         yield server
 
 
-def run_all(page) -> None:
-    """Run every cell of the open notebook, once its kernel is up, and wait for the form."""
-    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    page.wait_for_selector(".sftlab-label-form .sftlab-criterion", timeout=120_000)
+def run_all(page, timeout_s: float = 240) -> None:
+    """Once the notebook's kernel is idle (accepting JupyterLab's kernel choice if it asks), run every cell of the
+    open notebook and wait for the form."""
+    deadline = time.monotonic() + timeout_s
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')")
+    while "| Idle" not in page.locator(".jp-StatusBar-Widget").all_inner_texts().__str__():
+        accept = page.locator(".jp-Dialog button.jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        assert time.monotonic() < deadline, "the notebook's kernel did not start"
+        page.wait_for_timeout(500)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")  # not awaited: it
+    # resolves only once every cell ran
+    page.locator(".sftlab-label-form .sftlab-criterion").first.wait_for(timeout=(deadline - time.monotonic()) * 1000)
 
 
 def label_rows(lab) -> list[dict]:

@@ -178,7 +178,7 @@ function render({ model, el }) {
   model.on("change:labeller", () => { if (labeller.value !== model.get("labeller")) labeller.value = model.get("labeller"); showValues(); });
 
   labeller.value = model.get("labeller");
-  $(".sftlab-keys").textContent = model.get("keys") || "";
+  $(".sftlab-keys").textContent = model.get("keyboard") || "";
   showFonts();
   showView();
   showCount();

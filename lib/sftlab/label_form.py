@@ -81,7 +81,7 @@ class LabelForm(anywidget.AnyWidget):
     fonts = traitlets.Unicode("").tag(sync=True)  # <style>: the shared rules and the font cut for this view
     reopenable = traitlets.List().tag(sync=True)  # labels to reopen: [label text], by position
     unit = traitlets.Unicode("answers").tag(sync=True)  # what is counted: answers, or pairs in pairwise mode
-    keys = traitlets.Unicode(KEYS).tag(sync=True)  # the keyboard help line
+    keyboard = traitlets.Unicode(KEYS).tag(sync=True)  # the keyboard help line
 
     def __init__(self, params: Params, items: list, labeller: str = "", picked: str = "stratified"):
         super().__init__()
@@ -94,6 +94,8 @@ class LabelForm(anywidget.AnyWidget):
         self._rows = {(row.checkpoint, row.id): row for row in store.read_generations(params.layout.generations)}
         self._rubrics: dict[Path, Any] = {}
         self._reopen_keys: list[tuple[str, str]] = []
+        self._characters: set[int] = set()  # the Korean the font cut covers: the whole queue's, cut once
+        self._cover("".join(self._item_html(item) + self._criteria_text(item) for item in self.items))
         self.labeller = labeller.strip() or labels.remembered_labeller(params.layout)
         if labeller.strip():
             labels.remember_labeller(params.layout, self.labeller)
@@ -212,8 +214,19 @@ class LabelForm(anywidget.AnyWidget):
             self.view = {"done": False, "html": self._item_html(item), "criteria": criteria, "revising": revising,
                          "where": f"{what} {self.index + 1} of {len(self.items)} · sample {item[0].id if self.pairwise else item.id}"}
         self.status = status
-        shown = self.view["html"] + "".join(c["title"] + c["description"] for c in self.view["criteria"])
-        self.fonts = pages.scoped_style(shown + "".join(self.reopenable), SCOPE)
+        self._cover(self.view["html"] + "".join(c["title"] + c["description"] for c in self.view["criteria"])
+                    + "".join(self.reopenable))
+
+    def _criteria_text(self, item) -> str:
+        return "".join(c["title"] + c["description"] for c in self._criteria(item))
+
+    def _cover(self, text: str) -> None:
+        """Cut the font anew only when `text` shows Korean the current cut lacks (a subset takes ~0.5 s): the
+        queue's characters are cut once, up front, so moving through it costs no font work."""
+        new = pages.characters(text) - self._characters
+        if new or not self.fonts:
+            self._characters |= new
+            self.fonts = pages.scoped_style("".join(map(chr, sorted(self._characters))), SCOPE)
 
     def _reopen_text(self, key: tuple[str, str], label: dict[str, Any]) -> str:
         checkpoint, sample_id = key

@@ -7,10 +7,9 @@ a machine without Korean fonts.
   unpkg, is kept out by `reports.without_widgets`): opened offline such a page waits on
   failing requests, opened online it tells third parties who reads the report. The reports need neither:
   tables are inlined DataTables (`sftlab.explorer`), figures are data URIs, text is text.
-- adds a font stack for Korean (Noto Sans KR, Nanum Gothic, Malgun Gothic, Apple SD Gothic Neo: the machine's own
-  font when it has one) ending in an embedded web font: NanumGothic (shipped with `koreanize-matplotlib`, the
-  figures' font) cut down to the Hangul and CJK characters the page holds, so the page carries tens of kilobytes
-  of font, not megabytes.
+- adds a font stack led by an embedded web font for Hangul and CJK only: NanumGothic (shipped with
+  `koreanize-matplotlib`, the figures' font) cut down to the Hangul and CJK characters the page holds, so the page
+  carries tens of kilobytes of font, not megabytes; Latin text is drawn by the machine's own fonts.
 
 The one sftlab style (`rules`: font stacks for text and code, the tables' look) is used by every HTML sftlab
 emits, at one of three scopes:
@@ -39,10 +38,13 @@ FONT_FAMILY = "sftlab NanumGothic"
 CJK_RANGES = ((0x1100, 0x11FF), (0x3000, 0x33FF), (0x4E00, 0x9FFF), (0xA960, 0xA97F), (0xAC00, 0xD7FF),
               (0xF900, 0xFAFF), (0xFF00, 0xFFEF))
 KOREAN_FONTS = '"Noto Sans KR", "Nanum Gothic", NanumGothic, "Malgun Gothic", "Apple SD Gothic Neo"'
-TEXT_STACK = (f'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, {KOREAN_FONTS}, '
-              f'"{FONT_FAMILY}", sans-serif')
-CODE_STACK = (f'Menlo, Consolas, "DejaVu Sans Mono", "Liberation Mono", "Noto Sans Mono CJK KR", "D2Coding", '
-              f'{KOREAN_FONTS}, "{FONT_FAMILY}", monospace')
+# The embedded font comes first: its unicode-range holds only the CJK ranges, so Latin text falls through to the
+# machine's fonts, while Korean is always drawn by it. Last in the stack, as a fallback, Chromium drew the first
+# Korean text of a page or box with the fallback's empty boxes even after the font had loaded (tests/test_labelling).
+TEXT_STACK = (f'"{FONT_FAMILY}", system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, '
+              f'{KOREAN_FONTS}, sans-serif')
+CODE_STACK = (f'"{FONT_FAMILY}", Menlo, Consolas, "DejaVu Sans Mono", "Liberation Mono", "Noto Sans Mono CJK KR", '
+              f'"D2Coding", {KOREAN_FONTS}, monospace')
 
 _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*</script>", re.I)
 _REMOTE_LINK = re.compile(r"<link\b[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//[^>]*>", re.I)
@@ -122,6 +124,7 @@ def rules(scope: str, family: str = FONT_FAMILY, monospace: bool = False) -> str
     under = lambda *selectors: ", ".join(f"{scope} {s}" for s in selectors)  # noqa: E731
     return (f"{scope} {{ font-family: {code if monospace else text}; }}\n"
             f"{under('pre', 'code', 'kbd', 'samp')} {{ font-family: {code}; }}\n"
+            f"{under('pre')} {{ white-space: pre-wrap; overflow-wrap: anywhere; }}\n"
             f"{under('input', 'select', 'textarea', 'button', 'table', '.dt-container')} {{ font-family: inherit; }}\n"
             f"{under('table.sftlab-table')} {{ border-collapse: collapse; margin: .3em 0; }}\n"
             f"{under('table.sftlab-table th', 'table.sftlab-table td')} {{ border: 1px solid #ddd; padding: .25em .5em; "
@@ -155,7 +158,9 @@ def box(fragment: str, monospace: bool = False) -> str:
     notebook open in Jupyter, which has no page-level font of ours, draws its Hangul on a machine without Korean
     fonts too."""
     name = "sftlab-box-" + _family(characters(fragment)).rsplit(" ", 1)[1] + ("-mono" if monospace else "")
-    return f'<div class="sftlab-box {name}">{scoped_style(fragment, "." + name, monospace)}{fragment}</div>'
+    # two classes: JupyterLab's own rules for its output (`.jp-RenderedHTMLCommon pre`) are as specific as one
+    scope = f".sftlab-box.{name}"
+    return f'<div class="sftlab-box {name}">{scoped_style(fragment, scope, monospace)}{fragment}</div>'
 
 
 def styled(page: str, scope: str, monospace: bool = False) -> str:
