@@ -255,12 +255,12 @@ def test_a_study_runs_as_jobs_in_dependency_order_and_equals_a_local_run(slurm, 
 
 @pytest.mark.slow
 def test_a_requeued_training_resumes_from_its_newest_checkpoint(slurm, tmp_path, outputs, tiny_model_path, monkeypatch):
-    params = tiny_params(tmp_path, tiny_model_path, max_steps=16, save_steps=4)
+    params = tiny_params(tmp_path, tiny_model_path, max_steps=8, save_steps=2)
     sftlab("run", str(params), "--stages", "train", "--executor", "slurm")
     job = status_of(outputs, "tiny")["train"]["job_id"]
     train_dir = outputs / "tiny" / "train"
     deadline = time.time() + 300
-    while not (train_dir / "checkpoint-4" / "trainer_state.json").exists():
+    while not (train_dir / "checkpoint-2" / "trainer_state.json").exists():
         assert time.time() < deadline, sftlab("status", str(params), check=False).stdout
         time.sleep(0.2)
     subprocess.run(["scontrol", "requeue", job], check=True)
@@ -272,14 +272,14 @@ def test_a_requeued_training_resumes_from_its_newest_checkpoint(slurm, tmp_path,
     assert len(entry["history"]) == 1  # one run record: the requeued job ran into the same one
     summary = json.loads((train_dir / "train_summary.json").read_text())
     resumed = summary["resumed_from_step"]
-    assert resumed and resumed % 4 == 0 and resumed < 16, summary
+    assert resumed and resumed % 2 == 0 and resumed < 8, summary
     state = json.loads((train_dir / "trainer_state.json").read_text())
     logged = [e["step"] for e in state["log_history"] if "loss" in e]
-    assert logged == list(range(1, 17))  # every step logged once
+    assert logged == list(range(1, 9))  # every step logged once
     reached = max([int(line.split("[sftlab] step ")[1].split("/")[0]) for line in before.splitlines()
                    if line.startswith("[sftlab] step ")] or [0])
     lost = max(reached - resumed, 0)
-    assert lost < 4 + 4  # at most the save interval (and the steps done while the requeue was on its way)
+    assert lost < 2 + 2  # at most the save interval (and the steps done while the requeue was on its way)
 
     # The same training uninterrupted: the same loss at every step.
     monkeypatch.setenv("SFTLAB_OUTPUTS", str(tmp_path / "uninterrupted"))

@@ -158,14 +158,17 @@ def run_loaded(loaded: LoadedRun, kernel: str | None = None) -> list[Params]:
 
 def study_params_of(study: Path, experiments: list[Params], overrides: list[str] | None) -> Params:
     """The params of a study's score: `<study>/_study.yaml` if present (e.g. `score.baseline`), with
-    `experiment: <folder>-study` and `score.experiments` = every experiment of the folder by default."""
+    `experiment: <folder>-study`, `score.experiments` = every experiment of the folder and `executor` = the first
+    experiment's by default; `--set score.*` and `--set executor.*` apply to it too."""
     settings = read_yaml(study / STUDY_FILE) if (study / STUDY_FILE).exists() else {}
     settings.setdefault("experiment", f"{study.name}-study")
     settings.setdefault("seed", experiments[0].seed)
     score = settings.setdefault("score", {})
     score.setdefault("experiments", [p.experiment for p in experiments])
+    # Where it runs: the study's own executor section if it has one, else its experiments' (the first's).
+    settings.setdefault("executor", experiments[0].executor.model_dump(mode="json"))
     sources: dict[tuple, str] = {}
-    settings = apply_overrides(settings, [o for o in overrides or [] if o.startswith("score.")], sources)
+    settings = apply_overrides(settings, [o for o in overrides or [] if o.startswith(("score.", "executor."))], sources)
     return validate(settings, sources, default_source=str(study / STUDY_FILE))
 
 
