@@ -1,6 +1,7 @@
 """Pipeline figures: wall time of each stage of the demo, and what running a stage through papermill costs.
 
-    .venv/bin/python bench/pipeline.py [--status outputs/demo/status.json] [--repeats 2] [--engines] [--no-papermill]
+    .venv/bin/python bench/pipeline.py [--status outputs/demo/status.json] [--repeats 2]
+                                       [--engines] [--no-papermill] [--num-samples N]
 
 1. Stage wall times: read from the status file that `make demo` (`sftlab run params/demo.yaml`) wrote.
 2. Papermill overhead: the demo's infer stage (base model + every demo checkpoint) run twice over the same
@@ -43,7 +44,7 @@ def timed(command: list[str], env: dict) -> float:
     return time.perf_counter() - started
 
 
-def papermill_overhead(repeats: int, train_dir: Path) -> dict:
+def papermill_overhead(repeats: int, train_dir: Path, overrides: list[str]) -> dict:
     python = sys.executable
     times: dict[str, list[float]] = {"direct": [], "papermill": []}
     with tempfile.TemporaryDirectory() as outputs:
@@ -57,11 +58,13 @@ def papermill_overhead(repeats: int, train_dir: Path) -> dict:
                 layout.root.mkdir(parents=True)
                 layout.train.symlink_to(train_dir)  # the demo's checkpoints
                 if way == "direct":
-                    code = DIRECT.format(params=str(ROOT / "params" / "demo.yaml"), experiment=experiment, overrides=[])
+                    code = DIRECT.format(params=str(ROOT / "params" / "demo.yaml"), experiment=experiment, overrides=overrides)
                     command = [python, "-c", code]
                 else:
                     command = [python, "-m", "sftlab", "run", "params/demo.yaml", "--stages", "infer",
                                "--set", f"experiment={experiment}"]
+                    for override in overrides:
+                        command += ["--set", override]
                 times[way].append(timed(command, env))
                 print(f"{way} run {repeat}: {times[way][-1]:.1f} s", file=sys.stderr)
     direct, papermill = statistics.median(times["direct"]), statistics.median(times["papermill"])
@@ -70,7 +73,7 @@ def papermill_overhead(repeats: int, train_dir: Path) -> dict:
             "runs": {k: [round(v, 2) for v in vs] for k, vs in times.items()}}
 
 
-def engines_on_the_demo(train_dir: Path) -> dict:
+def engines_on_the_demo(train_dir: Path, overrides: list[str]) -> dict:
     """The demo's infer stage (direct call) with the HF engine, then with vLLM, over the same checkpoints."""
     from sftlab.infer.vllm_engine import vllm_python
     from sftlab.models import ModelError
@@ -89,7 +92,7 @@ def engines_on_the_demo(train_dir: Path) -> dict:
             layout.root.mkdir(parents=True)
             layout.train.symlink_to(train_dir)
             code = DIRECT.format(params=str(ROOT / "params" / "demo.yaml"), experiment=experiment,
-                                 overrides=[f"infer.engine={engine}"])
+                                 overrides=[*overrides, f"infer.engine={engine}"])
             seconds[engine] = timed([sys.executable, "-c", code], env)
             print(f"infer stage, {engine}: {seconds[engine]:.1f} s", file=sys.stderr)
             rows[engine] = {}
@@ -109,8 +112,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", action="store_true", help="also the infer stage with vLLM vs HF")
     parser.add_argument("--no-papermill", action="store_true", help="skip the papermill overhead runs")
+    parser.add_argument("--num-samples", type=int, help="infer.num_samples instead of the demo's (a quicker run)")
     args = parser.parse_args()
 
+    overrides = [f"infer.num_samples={args.num_samples}"] if args.num_samples else []
     status_file = Path(args.status)
     if not status_file.exists():
         sys.exit(f"{status_file}: no demo run to read; run `make demo` first")
@@ -119,9 +124,11 @@ def main() -> None:
     train_dir = ExperimentLayout(status_file.parent).train
     report = {"bench": "pipeline", "demo_stage_seconds": stages,
               "demo_total_seconds": round(sum(v for v in stages.values() if v), 1),
-              "papermill_vs_direct": None if args.no_papermill else papermill_overhead(args.repeats, train_dir.resolve())}
+              "overrides": overrides, "papermill_vs_direct": None}
+    if not args.no_papermill:
+        report["papermill_vs_direct"] = papermill_overhead(args.repeats, train_dir.resolve(), overrides)
     if args.engines:
-        report["vllm_vs_hf_infer_stage"] = engines_on_the_demo(train_dir.resolve())
+        report["vllm_vs_hf_infer_stage"] = engines_on_the_demo(train_dir.resolve(), overrides)
     print(json.dumps(report, indent=2))
 
 
