@@ -16,6 +16,7 @@ stage has written one.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -31,19 +32,28 @@ from sftlab.config import FILE_MODE, atomic_write_text
 
 def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
     import nbformat
-    from nbconvert import HTMLExporter
 
     reports_dir.mkdir(parents=True, exist_ok=True)
     nb = without_widgets(nbformat.read(notebook, as_version=4))
     written = []
+    exporter = _html_exporter()
     for suffix, exclude_input in ((".html", False), (".no-input.html", True)):
-        exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
-                                exclude_output_prompt=exclude_input)
+        # Read at each render, not compiled into the templates: one exporter serves both pages.
+        exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = exclude_input
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
         target = reports_dir / f"{notebook.stem}{suffix}"
         atomic_write_text(target, pages.self_contained(body))
         written.append(target)
     return written
+
+
+@functools.lru_cache(maxsize=1)
+def _html_exporter():
+    """One nbconvert exporter per process: compiling its Jinja templates took half of a page's rendering (about
+    2 s of the infer stage's two pages, profiled), and the runner renders every stage's pages."""
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter()
 
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
