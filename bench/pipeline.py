@@ -58,7 +58,8 @@ def papermill_overhead(repeats: int, train_dir: Path, overrides: list[str]) -> d
                 layout.root.mkdir(parents=True)
                 layout.train.symlink_to(train_dir)  # the demo's checkpoints
                 if way == "direct":
-                    code = DIRECT.format(params=str(ROOT / "params" / "demo.yaml"), experiment=experiment, overrides=overrides)
+                    code = DIRECT.format(params=str(ROOT / "params" / "demo.yaml"), experiment=experiment,
+                                         overrides=overrides)
                     command = [python, "-c", code]
                 else:
                     command = [python, "-m", "sftlab", "run", "params/demo.yaml", "--stages", "infer",
