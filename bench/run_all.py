@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/run_all.py [--out outputs/bench/bench.json] [--quick]
 
-Runs bench/train.py, bench/infer.py, bench/judge.py, bench/pipeline.py (needs a finished `make demo`)
-and bench/gpu.py (skips itself without CUDA), each in its own process, one after the other so that they do
-not slow each other down. Writes the JSON file (keys `train_vs_origin_style`, `infer_batched_vs_sequential`,
-`judge_concurrent_vs_sequential`, ... plus each script's full report) and prints a Markdown table.
+Runs bench/train.py, bench/infer.py, bench/judge.py, bench/pipeline.py and bench/disk.py (both need a
+finished `make demo`) and bench/gpu.py (skips itself without CUDA), each in its own process, one after the
+other so that they do not slow each other down. Writes the JSON file (keys `train_vs_origin_style`,
+`infer_batched_vs_sequential`, `judge_concurrent_vs_sequential`, `experiment_disk_gib`, `vllm_vs_hf_tokens_per_s`,
+`vllm_over_hf_infer_stage`, ... plus each script's full report) and prints a Markdown table. The vLLM
+figures need `make setup-vllm` (each says `skipped` without it).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def main() -> None:
         "train": run("train.py", "--steps", "6" if quick else "32", "--repeats", "1"),
         "infer": run("infer.py", *(["--prompts", "16"] if quick else [])),
         "judge": run("judge.py"),
-        "pipeline": run("pipeline.py", "--repeats", "1" if quick else "2"),
+        "pipeline": run("pipeline.py", "--repeats", "1" if quick else "2", "--engines"),
+        "disk": run("disk.py"),
         "gpu": run("gpu.py"),
     }
     figures = {
@@ -57,6 +60,9 @@ def main() -> None:
         "judge_rerun_requests": reports["judge"].get("rerun_requests"),
         "papermill_overhead": (reports["pipeline"].get("papermill_vs_direct") or {}).get("overhead"),
         "demo_stage_seconds": reports["pipeline"].get("demo_stage_seconds"),
+        "experiment_disk_gib": reports["disk"].get("gib"),
+        "vllm_vs_hf_tokens_per_s": (reports["infer"].get("vllm_vs_hf") or {}).get("ratio"),
+        "vllm_over_hf_infer_stage": (reports["pipeline"].get("vllm_vs_hf_infer_stage") or {}).get("vllm_over_hf"),
         "gpu": reports["gpu"],
         "seconds": round(time.time() - started, 1),
         "reports": reports,
@@ -89,6 +95,13 @@ def table(f: dict) -> str:
         ("papermill vs direct call (infer stage)", f"{f['papermill_overhead']}",
          f"{pipeline.get('papermill_s')} s vs {pipeline.get('direct_s')} s", "< 0.10"),
         ("make demo stage wall times (s)", json.dumps(f["demo_stage_seconds"]), "", ""),
+        ("demo experiment on disk (GiB)", f"{f['experiment_disk_gib']}",
+         f"keep_optimizer: all would take {f['reports']['disk'].get('keep_all_gib')}", "<= 1.5 GB"),
+        ("infer: vLLM vs HF batched, tokens/s (bench/infer.py)", f"{f['vllm_vs_hf_tokens_per_s']}x",
+         f"outputs identical {(infer.get('vllm_vs_hf') or {}).get('same_outputs')}", ">= 3x"),
+        ("demo infer stage: vLLM time / HF time", f"{f['vllm_over_hf_infer_stage']}",
+         f"rows identical {(f['reports']['pipeline'].get('vllm_vs_hf_infer_stage') or {}).get('identical_rows')}",
+         "<= 0.5"),
         ("GPU", json.dumps(f["gpu"].get("skipped") or f["gpu"].get("train_bf16", {}).get("mfu")), "", ""),
     ]
     lines = ["| measure | result | detail | goal |", "|---|---|---|---|"]

@@ -64,27 +64,28 @@ def test_a_swap_is_checked_against_a_fresh_load(builtin_model_path, prompts, tmp
     mlp = nudged("mlp", lambda m: m.model.layers[-1].mlp.down_proj.weight.mul_(1.05))
     other = nudged("embeddings", lambda m: m.model.embed_tokens.weight.mul_(1.05))
 
-    engines = VLLMEngines(dtype="float32", probes=prompts[:4], force_swap=True)
+    engines = VLLMEngines(dtype="float32", probes=prompts[:4])
     try:
         engines(str(builtin_model_path))
         engines(mlp)  # an MLP tensor swapped in place: the check passes
         assert engines.swaps[-1]["max_logprob_difference"] < 1e-3 and engines.fresh_loads == 1
-        # SmolLM2 ties its input and output embeddings; vLLM's in-place reload leaves the output head
-        # at the old embeddings, and the check catches it.
+        # SmolLM2 ties its input and output embeddings: after the reload the worker re-ties the output head,
+        # so the new embeddings reach the logits too, in the same engine.
+        swapped = engines(other).generate(prompts[:8], GenerationSettings(max_new_tokens=24))
+        assert engines.fresh_loads == 1 and len(engines.swaps) == 2 and engines.swaps[-1]["retied_head"]
+        assert engines.swaps[-1]["max_logprob_difference"] < 1e-3
+    finally:
+        engines.close()
+    hf = HFEngine(other, dtype="float32").generate(prompts[:8], GenerationSettings(max_new_tokens=24))
+    assert sum(a.token_ids == b.token_ids for a, b in zip(swapped, hf)) >= 7
+    # Without the re-tie, vLLM's reload leaves the output head at the old embeddings, and the check catches it.
+    engines = VLLMEngines(dtype="float32", probes=prompts[:4], retie_head=False)
+    try:
+        engines(str(builtin_model_path))
         with pytest.raises(SwapCheckFailed, match="stale or partial weights"):
             engines(other)
     finally:
         engines.close()
-    # Without force_swap a tied model gets a fresh engine per checkpoint, and generates what HF does.
-    engines = VLLMEngines(dtype="float32", probes=prompts[:4])
-    try:
-        engines(str(builtin_model_path))
-        fresh = engines(other).generate(prompts[:8], GenerationSettings(max_new_tokens=24))
-        assert engines.fresh_loads == 2 and engines.swaps == []
-    finally:
-        engines.close()
-    hf = HFEngine(other, dtype="float32").generate(prompts[:8], GenerationSettings(max_new_tokens=24))
-    assert sum(a.token_ids == b.token_ids for a, b in zip(fresh, hf)) >= 7
     shutil.rmtree(tmp_path / "mlp")
     shutil.rmtree(tmp_path / "embeddings")
 

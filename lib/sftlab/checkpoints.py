@@ -119,8 +119,8 @@ def prune_resume_state(train_dir: Path) -> list[Path]:
     pruned = []
     for checkpoint in done[:-1]:
         found = resume_state(checkpoint)
-        for path in found:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in found:  # gone already is fine: another node's first process may prune a shared folder too
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         if found:
             pruned.append(checkpoint)
     return pruned

@@ -68,7 +68,7 @@ def _is_cjk(code: int) -> bool:
 def characters(page: str) -> set[int]:
     """Hangul and CJK code points the page shows: in its text and markup (entities decoded) and in inline data
     (JSON `\\uXXXX` escapes, as DataTables' rows are written)."""
-    found = {ord(c) for c in html.unescape(page)}
+    found = set(map(ord, set(html.unescape(page))))  # set() first: a page is megabytes, its alphabet is small
     found |= {int(h, 16) for h in _JSON_ESCAPE.findall(page)}
     return {c for c in found if _is_cjk(c)}
 

@@ -20,6 +20,7 @@ stage has written one.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -33,17 +34,14 @@ from sftlab.files import atomic_copy, atomic_write_text
 
 def render_notebook(notebook: Path, reports_dir: Path) -> list[Path]:
     import nbformat
-    from nbconvert import HTMLExporter
-
-    from traitlets.config import Config
 
     reports_dir.mkdir(parents=True, exist_ok=True)
     nb = lead_first(without_widgets(nbformat.read(notebook, as_version=4)))
     written = []
-    hide_lead_code = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": {LEAD}}})
+    exporter = _html_exporter()
     for suffix, exclude_input in ((".html", False), (".no-input.html", True)):
-        exporter = HTMLExporter(config=hide_lead_code, exclude_input=exclude_input,
-                                exclude_input_prompt=exclude_input, exclude_output_prompt=exclude_input)
+        # Read at each render, not compiled into the templates: one exporter serves both pages.
+        exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = exclude_input
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": notebook.stem}})
         target = reports_dir / f"{notebook.stem}{suffix}"
         atomic_write_text(target, pages.self_contained(body))
@@ -64,6 +62,18 @@ def lead_first(nb):
     at = 1 if rest and rest[0].cell_type == "markdown" else 0
     nb.cells = rest[:at] + leads + rest[at:]
     return nb
+
+
+@functools.lru_cache(maxsize=1)
+def _html_exporter():
+    """One nbconvert exporter per process: compiling its Jinja templates took half of a page's rendering (about
+    2 s of the infer stage's two pages, profiled), and the runner renders every stage's pages."""
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+
+    # The code of the cells tagged `lead` is not shown: the report opens with their outputs.
+    hide_lead_code = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": {LEAD}}})
+    return HTMLExporter(config=hide_lead_code)
 
 
 WIDGET = "application/vnd.jupyter.widget-view+json"

@@ -10,8 +10,9 @@ measured, not hidden); the answer comes back as token ids, so `n_tokens`, `finis
 metric mean what they mean for the HF engine.
 
 One engine lifetime: the first checkpoint starts the engine; each next checkpoint of the same
-architecture is swapped in with vLLM's in-place weight reload (a model of another shape, or one with tied
-input/output embeddings — see `swappable` — starts a fresh engine). A swap can silently leave stale or
+architecture is swapped in with vLLM's in-place weight reload (a model of another shape starts a fresh
+engine). A model with tied input/output embeddings has its output head re-tied after the reload
+(`vllm_worker.retie_output_head`): the reload alone leaves it stale. A swap can silently leave stale or
 partial weights, so every swap is checked: greedy tokens on a few probe prompts must equal the HF
 engine's on the same checkpoint, or the stage stops with `SwapCheckFailed`.
 
@@ -62,23 +63,22 @@ def _architecture(model_path: str) -> tuple:
             config.get("num_hidden_layers"), config.get("tie_word_embeddings"))
 
 
-def swappable(model_path: str) -> bool:
-    """Whether weights can be swapped into a running engine. Not for tied input/output embeddings: vLLM's
-    in-place reload leaves the output head at the old weights there (measured on SmolLM2: 84 % identical
-    outputs after swaps vs 100 % after fresh loads; the swap check below catches it), so such models get a
-    fresh engine per checkpoint."""
-    return not _config(model_path).get("tie_word_embeddings", False)
+def tied(model_path: str) -> bool:
+    """Whether the output head shares the input embeddings' weight. vLLM's in-place reload alone leaves such
+    a head at the old weights (measured on SmolLM2: 84 % identical outputs after swaps vs 100 % after fresh
+    loads), so the worker re-ties it after each swap; the swap check verifies it."""
+    return bool(_config(model_path).get("tie_word_embeddings", False))
 
 
 class VLLMEngines:
     """`make_engine` for the infer stage: one vLLM worker for every checkpoint of the run; `close()` ends it."""
 
     def __init__(self, dtype: str = "auto", seed: int = 0, probes: list[list[dict]] | None = None,
-                 max_model_len: int = 2048, log=None, force_swap: bool = False):
+                 max_model_len: int = 2048, log=None, retie_head: bool = True):
         self.dtype = models.weights_dtype(dtype, device="cpu" if not _cuda() else "cuda")
         self.seed = seed
         self.probes = (probes or [])[:PROBES]
-        self.force_swap = force_swap  # swap even where it is known not to work (to test the check)
+        self.retie_head = retie_head  # False only to show that the swap check catches the stale head
         self.fresh_loads = 0
         self.max_model_len = max_model_len
         self.log = log or sys.stderr
@@ -106,9 +106,9 @@ class VLLMEngines:
     def __call__(self, model_path: str) -> "VLLMEngine":
         architecture = _architecture(model_path)
         engine = VLLMEngine(self, model_path)
-        if self.process is not None and architecture == self.architecture and (self.force_swap or swappable(model_path)):
-            reply = self.request(op="swap", model=model_path)
-            self._check_swap(engine, model_path, reply["seconds"])
+        if self.process is not None and architecture == self.architecture:
+            reply = self.request(op="swap", model=model_path, tied=self.retie_head and tied(model_path))
+            self._check_swap(engine, model_path, reply["seconds"], reply.get("retied", False))
             return engine
         self.close()  # nothing running yet, or a model of another shape: a fresh engine
         self._start()
@@ -117,7 +117,7 @@ class VLLMEngines:
         self.fresh_loads += 1
         return engine
 
-    def _check_swap(self, engine: "VLLMEngine", model_path: str, seconds: float) -> None:
+    def _check_swap(self, engine: "VLLMEngine", model_path: str, seconds: float, retied: bool = False) -> None:
         """The swapped-in weights must score the probe prompts as the checkpoint loaded afresh by
         transformers does: every prompt token's log-probability within `LOGPROB_TOLERANCE` (any stale or
         partial tensor moves them), and the same greedy tokens."""
@@ -140,7 +140,7 @@ class VLLMEngines:
                 f"or partial weights. Nothing of this checkpoint was written; run the stage again with "
                 f"infer.engine: hf, or report the vLLM version")
         self.swaps.append({"checkpoint": model_path, "seconds": seconds, "probes": len(self.probes),
-                           "max_logprob_difference": worst})
+                           "max_logprob_difference": worst, "retied_head": retied})
 
     def close(self) -> None:
         if self.process is not None:

@@ -9,8 +9,9 @@ model's chat template, sends token ids, and gets token ids back, so both engines
 Requests and replies:
     {"op": "load", "model": PATH, "dtype": "float32", "seed": 0, "max_model_len": 2048}
         -> {"ok": true, "seconds": s}                         a fresh engine
-    {"op": "swap", "model": PATH}
-        -> {"ok": true, "seconds": s, "swapped": true}        weights reloaded in place (same architecture)
+    {"op": "swap", "model": PATH, "tied": bool}
+        -> {"ok": true, "seconds": s, "swapped": true, "retied": bool}   weights reloaded in place (same
+                                                              architecture); a tied output head re-tied
     {"op": "generate", "prompts": [[ids...]], "settings": {...}, "stop_token_ids": [...]}
         -> {"ok": true, "outputs": [{"token_ids": [...], "finish_reason": "stop" | "length"}]}
     {"op": "prompt_logprobs", "prompts": [[ids...]]}
@@ -47,6 +48,25 @@ def sampling_params(settings: dict, stop_token_ids: list):
     )
 
 
+def retie_output_head(worker) -> bool:
+    """After an in-place reload of a model whose output head shares the input embeddings' weight: point the
+    head at the embeddings' weight again and redo the head's post-load processing. The reload copies the new
+    values into the embeddings' tensor but loads nothing into the head (a tied checkpoint holds no
+    lm_head.weight), so vLLM puts the head back as it was; on CPU its matrix product runs on a copy of the
+    weight prepacked at the first load (oneDNN or packed kernels), which the reload leaves stale. Returns
+    False for a model without `lm_head` and `model.embed_tokens`, whose head then stays as the reload left it
+    (the parent's swap check decides)."""
+    model = worker.model_runner.get_model()
+    head = getattr(model, "lm_head", None)
+    embeddings = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or getattr(embeddings, "weight", None) is None or getattr(head, "quant_method", None) is None:
+        return False
+    if head.weight is not embeddings.weight:
+        head.weight = embeddings.weight
+    head.quant_method.process_weights_after_loading(head)
+    return True
+
+
 def main() -> None:
     llm = None
     out = sys.stdout
@@ -69,9 +89,10 @@ def main() -> None:
                 reply = {"ok": True}
             elif op == "swap":
                 llm.collective_rpc("reload_weights", kwargs={"weights_path": request["model"]})
+                retied = all(llm.collective_rpc(retie_output_head)) if request.get("tied") else False
                 # Cached prefixes hold keys and values computed with the old weights: drop them.
                 reset = llm.reset_prefix_cache()
-                reply = {"ok": True, "swapped": True, "prefix_cache_reset": bool(reset)}
+                reply = {"ok": True, "swapped": True, "retied": retied, "prefix_cache_reset": bool(reset)}
             elif op == "generate":
                 from vllm.inputs import TokensPrompt
 
