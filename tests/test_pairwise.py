@@ -193,7 +193,8 @@ def test_bradley_terry_matches_arena_hard_with_and_without_style_control():
     # style effects per unit of each regressor (independent of how each side scales it)
     sd = reference["style_controlled"]["feature_sd"]
     theirs = [c / s for c, s in zip(reference["style_controlled_converged"]["style_coefficients"], sd)]
-    scales = dict(zip(about["style_coefficients"], pairwise._style_scales(battles, tuple(about["style_coefficients"]))[1]))
+    features = tuple(about["style_coefficients"])
+    scales = dict(zip(features, pairwise.style_scales(battles, features)[1]))
     for (name, figures), expected in zip(about["style_coefficients"].items(), theirs):
         assert figures["elo_per_sd"] / pairwise.ELO_SCALE / scales[name] == pytest.approx(expected, rel=0.01)
 

@@ -294,7 +294,7 @@ def fit_strengths(X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarra
     return model.fit(X, y, sample_weight=weight).coef_[0]
 
 
-def _style_scales(judged: pd.DataFrame, features: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
+def style_scales(judged: pd.DataFrame, features: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
     """The style features that vary, and the standard deviation of each regressor over all judged orders
     (fixed for the bootstrap, so a replicate measures the same thing)."""
     regressors = style.differences(judged[[f"first_{f}" for f in style.FEATURES]].to_numpy(dtype=float),
@@ -316,7 +316,7 @@ def ranking(judged_rows: pd.DataFrame, baseline: str, n_boot: int = 200, confide
     if len(models) < 2:
         return empty, {"separability": math.nan, "separability_neighbours": math.nan}
     anchor = models.index(baseline) if baseline in models else 0
-    features, sd = _style_scales(judged, style_features) if style_features else ((), np.zeros(0))
+    features, sd = style_scales(judged, style_features) if style_features else ((), np.zeros(0))
     left_out = [f for f in style_features if f not in features]
 
     def fit(frame: pd.DataFrame) -> np.ndarray:

@@ -72,7 +72,8 @@ def ordinal_alpha(matrix: np.ndarray, domain: list[int]) -> tuple[float | None, 
     pairable = (~np.isnan(matrix)).sum(axis=0) >= 2
     used = matrix[:, pairable]
     if pairable.sum() < 2:
-        return None, int(pairable.sum()), f"undefined: {int(pairable.sum())} unit(s) scored in two passes or more (needs 2)"
+        units = int(pairable.sum())
+        return None, units, f"undefined: {units} unit(s) scored in two passes or more (needs 2)"
     values = np.unique(used[~np.isnan(used)])
     if len(values) == 1:
         return None, int(pairable.sum()), (f"undefined: every score is {values[0]:g}, so agreement cannot be told "
@@ -135,7 +136,8 @@ def length_preference(samples: pd.DataFrame, n_boot: int, confidence: float, rng
     judged = samples[samples["judge_status"] == "judged"].dropna(subset=["overall"])
     pairs = judged[["overall", "n_tokens"]].to_numpy(dtype=float)
     rho, low, high = bootstrap.interval(pairs, spearman, n_boot, confidence, rng)
-    result = {"spearman_rho": _clean(rho), "low": _clean(low), "high": _clean(high), "n": len(pairs), "meaning": meaning}
+    result = {"spearman_rho": _clean(rho), "low": _clean(low), "high": _clean(high), "n": len(pairs),
+              "meaning": meaning}
     if len(pairs) and result["spearman_rho"] is None:
         result["undefined"] = ("undefined: fewer than 3 judged answers" if len(pairs) < 3 else
                                "undefined: every answer has the same score or the same length")
