@@ -49,12 +49,15 @@ def _figure(estimate: tuple[float, float, float], n: int, **more) -> dict[str, A
 
 
 def spearman(pairs: np.ndarray) -> float:
-    """Spearman ρ of the two columns of `pairs`; NaN (undefined) under 3 pairs or when a column is constant."""
-    from scipy.stats import spearmanr
+    """Spearman ρ of the two columns of `pairs`: Pearson's r of their average ranks, what scipy's
+    `spearmanr` computes (a test checks they agree; this is several times faster inside a bootstrap).
+    NaN (undefined) under 3 pairs or when a column is constant."""
+    from scipy.stats import rankdata
 
     if len(pairs) < 3 or np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
         return math.nan
-    return float(spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
+    ranks = rankdata(pairs, axis=0)
+    return float(np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1])
 
 
 def ordinal_alpha(matrix: np.ndarray, domain: list[int]) -> tuple[float | None, int, str | None]:
