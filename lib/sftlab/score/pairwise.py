@@ -123,9 +123,8 @@ def outcomes(judged: pd.DataFrame) -> pd.DataFrame:
         a_side, b_side = ("first", "second") if first["first"] == a else ("second", "first")
         rows.append({"experiment": experiment, "id": sample_id, "repeat": repeat, "a": a, "b": b, "x": x, "flip": flip,
                      "outcome": int(np.sign(x)),
-                     "length_diff": float(first[f"{a_side}_tokens"] or 0) - float(first[f"{b_side}_tokens"] or 0),
-                     "chars_diff": float(first[f"{a_side}_characters"] or 0)
-                     - float(first[f"{b_side}_characters"] or 0)})
+                     "length_diff": float(first[f"{a_side}_tokens"]) - float(first[f"{b_side}_tokens"]),
+                     "chars_diff": float(first[f"{a_side}_characters"]) - float(first[f"{b_side}_characters"])})
     return pd.DataFrame(rows, columns=["experiment", "id", "repeat", "a", "b", "x", "flip", "outcome", "length_diff",
                                        "chars_diff"])
 
@@ -238,16 +237,17 @@ def _versus(combined: pd.DataFrame, baseline: str, n_boot: int, confidence: floa
                            ("loss", lambda o: (o < 0).mean())):
             _put(row, name, bootstrap.interval(outcome, stat, n_boot, confidence, rng, groups=groups))
         _put(row, "win_rate", bootstrap.interval(won, np.mean, n_boot, confidence, rng, groups=groups))
-        lc, C = lc_win_rate(won, chars)
-        both = np.column_stack([won, chars])
+        known = ~np.isnan(chars)  # an answer without a generation row has no length: left out of LC, counted
+        lc, C = lc_win_rate(won[known], chars[known])
+        both = np.column_stack([won[known], chars[known]])
         _, low, high = bootstrap.interval(both, lambda d: lc_win_rate(d[:, 0], d[:, 1], C if C == C else None)[0],
-                                          min(n_boot, 200), confidence, rng, groups=groups)
-        row.update({"lc_win_rate": lc, "lc_win_rate_low": low, "lc_win_rate_high": high})
+                                          min(n_boot, 200), confidence, rng, groups=groups[known])
+        row.update({"lc_win_rate": lc, "lc_win_rate_low": low, "lc_win_rate_high": high, "lc_n": int(known.sum())})
         row["lc_warning"] = (f"LC {100 * lc:.1f}% vs raw {100 * row['win_rate']:.1f}%: a change this large may be a "
                              "failure of the length model (AlpacaEval's check)"
                              if not math.isnan(lc) and extreme_change(100 * row["win_rate"], 100 * lc) else "")
-        row["length_diff"] = float((pairs["length_diff"].to_numpy() * sign).mean())
-        row["chars_diff"] = float(chars.mean())
+        row["length_diff"] = float(np.nanmean(pairs["length_diff"].to_numpy() * sign)) if known.any() else math.nan
+        row["chars_diff"] = float(np.nanmean(chars)) if known.any() else math.nan
         row["flip_rate"] = float(pairs["flip"].mean())
         rows.append(row)
     return pd.DataFrame(rows)

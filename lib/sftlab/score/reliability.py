@@ -152,7 +152,7 @@ def pairwise_figures(battles: pd.DataFrame, outcomes: pd.DataFrame, n_boot: int,
     judged = battles[battles["status"] == "judged"].dropna(subset=["verdict"])
     decided = judged[judged["verdict"] != 0]
     first = (decided["verdict"] > 0).to_numpy(dtype=float)
-    longer = outcomes[(outcomes["outcome"] != 0) & (outcomes["length_diff"] != 0)]
+    longer = outcomes[(outcomes["outcome"] != 0) & (outcomes["length_diff"] != 0) & outcomes["length_diff"].notna()]
     prefers_longer = (np.sign(longer["outcome"]) == np.sign(longer["length_diff"])).to_numpy(dtype=float)
     result = {
         "p_prefer_first": _figure(bootstrap.interval(first, np.mean, n_boot, confidence, rng), len(first)),
