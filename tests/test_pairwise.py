@@ -72,6 +72,8 @@ def test_a_position_flip_is_a_tie_and_is_counted(outputs, server):
     assert about["headline"] == "style_controlled" and "separability" in about["style_controlled"]
     assert {"raw_score", "raw_low", "raw_high", "small_sample"} <= set(tables["ranking"].columns)
     assert tables["ranking"]["small_sample"].all()  # 4 prompts: far under score.min_n battles
+    line = json.loads((params.layout.scores / "headline.json").read_text(encoding="utf-8"))[params.experiment]
+    assert "style-controlled ranking: " in line and " ≈ " in line  # every verdict a tie: not separable
 
 
 def test_a_schema_violation_is_an_error_row_never_a_tie(outputs, server):

@@ -357,6 +357,20 @@ def ranking(judged_rows: pd.DataFrame, baseline: str, n_boot: int = 200, confide
     return table, about
 
 
+def headline(table: pd.DataFrame, about: dict) -> str:
+    """One line for the index: the headline ranking's order, separable neighbours joined by ">" and
+    overlapping ones by "≈", and its separability over all pairs."""
+    if table.empty:
+        return ""
+    order = ""
+    for model, separable in zip(table["model"], table["separable"]):
+        order += model + ("" if separable is None else " > " if separable else " ≈ ")
+    kind = about.get("headline", "raw").replace("_", "-")
+    separability = (about.get(about.get("headline", "raw")) or {}).get("separability")
+    share = "" if separability is None or math.isnan(separability) else f", separability {separability:.0%}"
+    return f"{kind} ranking: {order}{share}"
+
+
 def flip_rates(combined: pd.DataFrame) -> pd.DataFrame:
     """Per pair of models: pairs with both orders judged, position flips and their rate."""
     return (combined.groupby(["a", "b"]).agg(pairs=("flip", "size"), flips=("flip", "sum"))

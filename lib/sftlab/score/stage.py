@@ -28,7 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from sftlab.config import Params, atomic_write_text
-from sftlab.score import reliability, stats
+from sftlab.judge.rubric import RubricError, load_rubric
+from sftlab.score import pairwise, reliability, stats, style
 from sftlab.score.samples import ScoreError, per_sample
 
 
@@ -79,6 +80,9 @@ def run(planned: Plan) -> Summary:
         line = reliability.headline(entry)
         if line and experiment in lines:
             lines[experiment] += f"; {line}"
+    if pair_tables and lines:
+        own = params.experiment if params.experiment in lines else next(iter(lines))
+        lines[own] += "; " + pairwise.headline(pair_tables["ranking"], pair_tables["ranking_about"])
     out = params.layout.scores
     out.mkdir(parents=True, exist_ok=True)
     written = {"summary.csv": summary.to_csv(index=False), "differences.csv": differences.to_csv(index=False),
@@ -104,7 +108,6 @@ def run(planned: Plan) -> Summary:
 def reliability_card(planned: Plan, samples: pd.DataFrame, pair_tables: dict) -> dict:
     """The judge's reliability card (sftlab.score.reliability), with human agreement where labels exist."""
     from sftlab import labels, paths
-    from sftlab.score import pairwise
 
     params = planned.params
     options = {"n_boot": min(params.score.bootstrap, 1000), "confidence": params.score.confidence, "seed": params.seed}
@@ -130,8 +133,6 @@ def rubric_scales(params: Params) -> dict[str, tuple[int, int]]:
     """criterion key -> (lowest, highest) from the rubrics this experiment's judge uses: the value domain
     of α and the labels of κ. A rubric file that cannot be read leaves its criteria to the observed range
     (the card says which domain it used)."""
-    from sftlab.judge.rubric import RubricError, load_rubric
-
     scales: dict[str, tuple[int, int]] = {}
     for path in dict.fromkeys([params.judge.rubric, *(params.judge.rubric_by_lang or {}).values()]):
         try:
@@ -147,8 +148,6 @@ def pairwise_tables(planned: Plan, samples: pd.DataFrame) -> dict:
     `score.style_control` is false, with the raw ranking's columns beside it as `raw_*`), `ranking_about`
     (which ranking is the headline, separability, style coefficients), `flips`, and `separability` (the
     headline ranking's, over all pairs of models)."""
-    from sftlab.score import pairwise, style
-
     params = planned.params
     judged = pairwise.battles(planned.experiments, samples)
     if judged.empty:
