@@ -43,7 +43,8 @@ def battles(seed: int, prompts: int = 120, length_bias: float = 1.6, noise: floa
                 margin = (QUALITY[first] - QUALITY[second]
                           + length_bias * (np.log(f["tokens"]) - np.log(s["tokens"]))
                           + rng.normal(0, noise))
-                verdict = 2 if margin > 1.2 else 1 if margin > 0.25 else -2 if margin < -1.2 else -1 if margin < -0.25 else 0
+                verdict = (2 if margin > 1.2 else 1 if margin > 0.25 else
+                           -2 if margin < -1.2 else -1 if margin < -0.25 else 0)
                 record = {"experiment": "synthetic", "id": f"p{i}", "repeat": 0, "first": first, "second": second,
                           "status": "judged", "error": None, "verdict": verdict}
                 record.update({f"first_{k}": f[k] for k in style.FEATURES})

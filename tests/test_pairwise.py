@@ -72,6 +72,8 @@ def test_a_position_flip_is_a_tie_and_is_counted(outputs, server):
     assert about["headline"] == "style_controlled" and "separability" in about["style_controlled"]
     assert {"raw_score", "raw_low", "raw_high", "small_sample"} <= set(tables["ranking"].columns)
     assert tables["ranking"]["small_sample"].all()  # 4 prompts: far under score.min_n battles
+    line = json.loads((params.layout.scores / "headline.json").read_text(encoding="utf-8"))[params.experiment]
+    assert "style-controlled ranking: " in line and " ≈ " in line  # every verdict a tie: not separable
 
 
 def test_a_schema_violation_is_an_error_row_never_a_tie(outputs, server):
@@ -193,7 +195,8 @@ def test_bradley_terry_matches_arena_hard_with_and_without_style_control():
     # style effects per unit of each regressor (independent of how each side scales it)
     sd = reference["style_controlled"]["feature_sd"]
     theirs = [c / s for c, s in zip(reference["style_controlled_converged"]["style_coefficients"], sd)]
-    scales = dict(zip(about["style_coefficients"], pairwise._style_scales(battles, tuple(about["style_coefficients"]))[1]))
+    features = tuple(about["style_coefficients"])
+    scales = dict(zip(features, pairwise.style_scales(battles, features)[1]))
     for (name, figures), expected in zip(about["style_coefficients"].items(), theirs):
         assert figures["elo_per_sd"] / pairwise.ELO_SCALE / scales[name] == pytest.approx(expected, rel=0.01)
 

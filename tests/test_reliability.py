@@ -255,6 +255,22 @@ def test_weighted_kappa_counts_unused_scale_points_as_sklearn_with_labels():
     assert note is None and kappa == pytest.approx(reference, abs=1e-12)
     unused_dropped = cohen_kappa_score(judge_scores, human, weights="quadratic")  # 1, 2, 5 as if equally spaced
     assert abs(unused_dropped - reference) > 0.01
+    rng = np.random.default_rng(5)
+    for _ in range(20):  # and on random ratings, means of passes included
+        judged, labelled = rng.integers(1, 8, 15) + rng.choice([0, 0.5], 15), rng.integers(1, 8, 15)
+        kappa, _ = labels.weighted_kappa(judged, labelled, (1, 7))
+        assert kappa == pytest.approx(cohen_kappa_score(np.floor(judged + 0.5).astype(int), labelled,
+                                                        weights="quadratic", labels=list(range(1, 9))), abs=1e-12)
+
+
+def test_spearman_is_scipys():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        pairs = np.column_stack([rng.integers(1, 6, 25), rng.integers(5, 400, 25)]).astype(float)  # ties included
+        assert reliability.spearman(pairs) == pytest.approx(spearmanr(pairs[:, 0], pairs[:, 1]).statistic, abs=1e-12)
+    assert math.isnan(reliability.spearman(np.array([[1.0, 2.0], [1.0, 3.0], [1.0, 4.0]])))
 
 
 def test_a_mean_of_passes_is_rounded_half_up_for_kappa():

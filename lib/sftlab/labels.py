@@ -301,18 +301,22 @@ def round_half_up(values) -> np.ndarray:
 
 
 def weighted_kappa(judge: np.ndarray, human: np.ndarray, scale: tuple[int, int]) -> tuple[float, str | None]:
-    """Quadratic-weighted Cohen's κ over the whole scale (`labels=` every point from lowest to highest, so
-    unused points keep their distance: scikit-learn's `cohen_kappa_score`), and why it says nothing when it
-    cannot: (NaN, reason) when both sides gave one and the same score (0/0); (0.0, reason) when only one
-    side did (κ is 0 by construction, not a measured disagreement)."""
-    from sklearn.metrics import cohen_kappa_score
-
+    """Quadratic-weighted Cohen's κ over the whole scale (every point from lowest to highest is a category,
+    so unused points keep their distance), as scikit-learn's `cohen_kappa_score(..., weights="quadratic",
+    labels=...)` computes it (a test checks the two agree; this one is vectorised for the bootstrap), and
+    why it says nothing when it cannot: (NaN, reason) when both sides gave one and the same score (0/0);
+    (0.0, reason) when only one side did (κ is 0 by construction, not a measured disagreement)."""
     judge, human = round_half_up(judge), np.asarray(human, dtype=int)
     if len(set(judge)) == 1 and len(set(human)) == 1:
         return math.nan, f"undefined: judge and labels all {judge[0]} (0/0)"
     constant = "the judge" if len(set(judge)) == 1 else "the labels" if len(set(human)) == 1 else None
-    labels_ = list(range(min(scale[0], judge.min(), human.min()), max(scale[1], judge.max(), human.max()) + 1))
-    kappa = float(cohen_kappa_score(judge, human, weights="quadratic", labels=labels_))
+    low = min(scale[0], judge.min(), human.min())
+    size = max(scale[1], judge.max(), human.max()) - low + 1
+    observed = np.zeros((size, size))
+    np.add.at(observed, (judge - low, human - low), 1)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
+    weights = np.subtract.outer(np.arange(size), np.arange(size)) ** 2
+    kappa = float(1 - (weights * observed).sum() / (weights * expected).sum())
     if constant:
         value = (judge if constant == "the judge" else human)[0]
         return kappa, f"degenerate: {constant} gave every labelled answer {value}; κ is 0 by construction"

@@ -4,7 +4,8 @@
     summary = score_stage.run(score_stage.plan(params))
 
 Split by duty: `samples` (inputs, read through the infer and judge stores), `bootstrap` (the one
-bootstrap), `stats` (summary, paired differences, study table), `stage` (plan and run, what is written), `views` (figures).
+bootstrap), `stats` (summary, paired differences, study table), `reliability` (the judge's card),
+`pairwise` and `style` (win rates, rankings), `stage` (plan and run, what is written), `views` (figures).
 """
 
 from sftlab.score.samples import SCORE_PREFIX, ScoreError, criteria_of, per_sample, training_history

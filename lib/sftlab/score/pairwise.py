@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -123,9 +124,8 @@ def outcomes(judged: pd.DataFrame) -> pd.DataFrame:
         a_side, b_side = ("first", "second") if first["first"] == a else ("second", "first")
         rows.append({"experiment": experiment, "id": sample_id, "repeat": repeat, "a": a, "b": b, "x": x, "flip": flip,
                      "outcome": int(np.sign(x)),
-                     "length_diff": float(first[f"{a_side}_tokens"] or 0) - float(first[f"{b_side}_tokens"] or 0),
-                     "chars_diff": float(first[f"{a_side}_characters"] or 0)
-                     - float(first[f"{b_side}_characters"] or 0)})
+                     "length_diff": float(first[f"{a_side}_tokens"]) - float(first[f"{b_side}_tokens"]),
+                     "chars_diff": float(first[f"{a_side}_characters"]) - float(first[f"{b_side}_characters"])})
     return pd.DataFrame(rows, columns=["experiment", "id", "repeat", "a", "b", "x", "flip", "outcome", "length_diff",
                                        "chars_diff"])
 
@@ -238,16 +238,17 @@ def _versus(combined: pd.DataFrame, baseline: str, n_boot: int, confidence: floa
                            ("loss", lambda o: (o < 0).mean())):
             _put(row, name, bootstrap.interval(outcome, stat, n_boot, confidence, rng, groups=groups))
         _put(row, "win_rate", bootstrap.interval(won, np.mean, n_boot, confidence, rng, groups=groups))
-        lc, C = lc_win_rate(won, chars)
-        both = np.column_stack([won, chars])
+        known = ~np.isnan(chars)  # an answer without a generation row has no length: left out of LC, counted
+        lc, C = lc_win_rate(won[known], chars[known])
+        both = np.column_stack([won[known], chars[known]])
         _, low, high = bootstrap.interval(both, lambda d: lc_win_rate(d[:, 0], d[:, 1], C if C == C else None)[0],
-                                          min(n_boot, 200), confidence, rng, groups=groups)
-        row.update({"lc_win_rate": lc, "lc_win_rate_low": low, "lc_win_rate_high": high})
+                                          min(n_boot, 200), confidence, rng, groups=groups[known])
+        row.update({"lc_win_rate": lc, "lc_win_rate_low": low, "lc_win_rate_high": high, "lc_n": int(known.sum())})
         row["lc_warning"] = (f"LC {100 * lc:.1f}% vs raw {100 * row['win_rate']:.1f}%: a change this large may be a "
                              "failure of the length model (AlpacaEval's check)"
                              if not math.isnan(lc) and extreme_change(100 * row["win_rate"], 100 * lc) else "")
-        row["length_diff"] = float((pairs["length_diff"].to_numpy() * sign).mean())
-        row["chars_diff"] = float(chars.mean())
+        row["length_diff"] = float(np.nanmean(pairs["length_diff"].to_numpy() * sign)) if known.any() else math.nan
+        row["chars_diff"] = float(np.nanmean(chars)) if known.any() else math.nan
         row["flip_rate"] = float(pairs["flip"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -288,13 +289,19 @@ def fit_strengths(X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarra
     ridge (C = 1e6) only keeps them finite when one model wins every battle."""
     from sklearn.linear_model import LogisticRegression
 
+    from sklearn.exceptions import ConvergenceWarning
+
     if len(set(y)) < 2:
         return np.zeros(X.shape[1])
-    model = LogisticRegression(fit_intercept=False, C=1e6, max_iter=1000, tol=1e-8)
-    return model.fit(X, y, sample_weight=weight).coef_[0]
+    model = LogisticRegression(fit_intercept=False, C=1e6, max_iter=200, tol=1e-7)
+    with warnings.catch_warnings():
+        # Only a model that wins (or loses) every battle stops the solver short: its strength is unbounded
+        # (no finite maximum likelihood), and a large finite value after 200 steps says the same.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(X, y, sample_weight=weight).coef_[0]
 
 
-def _style_scales(judged: pd.DataFrame, features: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
+def style_scales(judged: pd.DataFrame, features: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
     """The style features that vary, and the standard deviation of each regressor over all judged orders
     (fixed for the bootstrap, so a replicate measures the same thing)."""
     regressors = style.differences(judged[[f"first_{f}" for f in style.FEATURES]].to_numpy(dtype=float),
@@ -316,7 +323,7 @@ def ranking(judged_rows: pd.DataFrame, baseline: str, n_boot: int = 200, confide
     if len(models) < 2:
         return empty, {"separability": math.nan, "separability_neighbours": math.nan}
     anchor = models.index(baseline) if baseline in models else 0
-    features, sd = _style_scales(judged, style_features) if style_features else ((), np.zeros(0))
+    features, sd = style_scales(judged, style_features) if style_features else ((), np.zeros(0))
     left_out = [f for f in style_features if f not in features]
 
     def fit(frame: pd.DataFrame) -> np.ndarray:
@@ -355,6 +362,20 @@ def ranking(judged_rows: pd.DataFrame, baseline: str, n_boot: int = 200, confide
         if left_out:
             about["style_left_out"] = f"{', '.join(left_out)}: the same in every pair, nothing to control for"
     return table, about
+
+
+def headline(table: pd.DataFrame, about: dict) -> str:
+    """One line for the index: the headline ranking's order, separable neighbours joined by ">" and
+    overlapping ones by "≈", and its separability over all pairs."""
+    if table.empty:
+        return ""
+    order = ""
+    for model, separable in zip(table["model"], table["separable"]):
+        order += model + ("" if separable is None else " > " if separable else " ≈ ")
+    kind = about.get("headline", "raw").replace("_", "-")
+    separability = (about.get(about.get("headline", "raw")) or {}).get("separability")
+    share = "" if separability is None or math.isnan(separability) else f", separability {separability:.0%}"
+    return f"{kind} ranking: {order}{share}"
 
 
 def flip_rates(combined: pd.DataFrame) -> pd.DataFrame:

@@ -49,12 +49,15 @@ def _figure(estimate: tuple[float, float, float], n: int, **more) -> dict[str, A
 
 
 def spearman(pairs: np.ndarray) -> float:
-    """Spearman ρ of the two columns of `pairs`; NaN (undefined) under 3 pairs or when a column is constant."""
-    from scipy.stats import spearmanr
+    """Spearman ρ of the two columns of `pairs`: Pearson's r of their average ranks, what scipy's
+    `spearmanr` computes (a test checks they agree; this is several times faster inside a bootstrap).
+    NaN (undefined) under 3 pairs or when a column is constant."""
+    from scipy.stats import rankdata
 
     if len(pairs) < 3 or np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
         return math.nan
-    return float(spearmanr(pairs[:, 0], pairs[:, 1]).statistic)
+    ranks = rankdata(pairs, axis=0)
+    return float(np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1])
 
 
 def ordinal_alpha(matrix: np.ndarray, domain: list[int]) -> tuple[float | None, int, str | None]:
@@ -72,7 +75,8 @@ def ordinal_alpha(matrix: np.ndarray, domain: list[int]) -> tuple[float | None, 
     pairable = (~np.isnan(matrix)).sum(axis=0) >= 2
     used = matrix[:, pairable]
     if pairable.sum() < 2:
-        return None, int(pairable.sum()), f"undefined: {int(pairable.sum())} unit(s) scored in two passes or more (needs 2)"
+        units = int(pairable.sum())
+        return None, units, f"undefined: {units} unit(s) scored in two passes or more (needs 2)"
     values = np.unique(used[~np.isnan(used)])
     if len(values) == 1:
         return None, int(pairable.sum()), (f"undefined: every score is {values[0]:g}, so agreement cannot be told "
@@ -135,7 +139,8 @@ def length_preference(samples: pd.DataFrame, n_boot: int, confidence: float, rng
     judged = samples[samples["judge_status"] == "judged"].dropna(subset=["overall"])
     pairs = judged[["overall", "n_tokens"]].to_numpy(dtype=float)
     rho, low, high = bootstrap.interval(pairs, spearman, n_boot, confidence, rng)
-    result = {"spearman_rho": _clean(rho), "low": _clean(low), "high": _clean(high), "n": len(pairs), "meaning": meaning}
+    result = {"spearman_rho": _clean(rho), "low": _clean(low), "high": _clean(high), "n": len(pairs),
+              "meaning": meaning}
     if len(pairs) and result["spearman_rho"] is None:
         result["undefined"] = ("undefined: fewer than 3 judged answers" if len(pairs) < 3 else
                                "undefined: every answer has the same score or the same length")
@@ -147,7 +152,7 @@ def pairwise_figures(battles: pd.DataFrame, outcomes: pd.DataFrame, n_boot: int,
     judged = battles[battles["status"] == "judged"].dropna(subset=["verdict"])
     decided = judged[judged["verdict"] != 0]
     first = (decided["verdict"] > 0).to_numpy(dtype=float)
-    longer = outcomes[(outcomes["outcome"] != 0) & (outcomes["length_diff"] != 0)]
+    longer = outcomes[(outcomes["outcome"] != 0) & (outcomes["length_diff"] != 0) & outcomes["length_diff"].notna()]
     prefers_longer = (np.sign(longer["outcome"]) == np.sign(longer["length_diff"])).to_numpy(dtype=float)
     result = {
         "p_prefer_first": _figure(bootstrap.interval(first, np.mean, n_boot, confidence, rng), len(first)),

@@ -35,6 +35,7 @@ from sftlab import labels, paths
 from sftlab.config import Params
 from sftlab.files import write_if_changed
 from sftlab.infer import store as generations_store
+from sftlab.judge.rubric import RubricError, load_rubric
 from sftlab.score import pairwise, reliability, stats, style, views
 from sftlab.score.samples import ScoreError, criteria_of, per_sample, training_history
 
@@ -102,6 +103,9 @@ def run(planned: Plan, echo: Callable[[str], None] = print) -> Summary:
         line = reliability.headline(entry)
         if line and experiment in lines:
             lines[experiment] += f"; {line}"
+    if pair_tables and lines:
+        own = params.experiment if params.experiment in lines else next(iter(lines))
+        lines[own] += "; " + pairwise.headline(pair_tables["ranking"], pair_tables["ranking_about"])
     out = params.layout.scores
     contents = {"summary.csv": summary.to_csv(index=False), "differences.csv": differences.to_csv(index=False),
                 "study_table.csv": study.to_csv(index=False),
@@ -172,8 +176,6 @@ def rubric_scales(params: Params) -> dict[str, tuple[int, int]]:
     """criterion key -> (lowest, highest) from the rubrics this experiment's judge uses: the value domain
     of α and the labels of κ. A rubric file that cannot be read leaves its criteria to the observed range
     (the card says which domain it used)."""
-    from sftlab.judge.rubric import RubricError, load_rubric
-
     scales: dict[str, tuple[int, int]] = {}
     for path in dict.fromkeys([params.judge.rubric, *(params.judge.rubric_by_lang or {}).values()]):
         try:

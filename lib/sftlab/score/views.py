@@ -184,10 +184,10 @@ def ranking(table: pd.DataFrame, path: Path | None = None):
     ordered = table.iloc[::-1].reset_index(drop=True)
     controlled = "raw_score" in ordered
     if controlled:
-        err = [ordered["raw_score"] - ordered["raw_low"], ordered["raw_high"] - ordered["raw_score"]]
+        err = _error_bars(ordered, "raw_score", "raw_low", "raw_high")
         ax.errorbar(ordered["raw_score"], ordered.index + 0.2, xerr=err, fmt="s", capsize=3, color="#999999",
                     label="raw")
-    err = [ordered["score"] - ordered["low"], ordered["high"] - ordered["score"]]
+    err = _error_bars(ordered, "score", "low", "high")
     ax.errorbar(ordered["score"], ordered.index, xerr=err, fmt="o", capsize=4,
                 label="style-controlled (headline)" if controlled else "Bradley–Terry")
     ax.set_yticks(ordered.index, ordered["model"])
@@ -200,6 +200,12 @@ def ranking(table: pd.DataFrame, path: Path | None = None):
     if controlled:
         ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
+
+
+def _error_bars(table: pd.DataFrame, estimate: str, low: str, high: str) -> list:
+    """Bar lengths below and above the estimate; a fit on all prompts may fall just outside the percentile
+    interval of the bootstrap fits, and matplotlib refuses a negative length, so such a side is 0."""
+    return [(table[estimate] - table[low]).clip(lower=0), (table[high] - table[estimate]).clip(lower=0)]
 
 
 def ranking_caption(about: dict) -> str:
