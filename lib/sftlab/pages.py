@@ -153,7 +153,7 @@ def box(fragment: str, monospace: bool = False) -> str:
     """`fragment` in a box that carries the sftlab style and its own cut of NanumGothic for the Korean it holds: a
     notebook open in Jupyter, which has no page-level font of ours, draws its Hangul on a machine without Korean
     fonts too."""
-    name = "sftlab-box-" + _family(characters(fragment)).rsplit(" ", 1)[1] + ("-mono" if monospace else "")
+    name = "sftlab-ko-" + _family(characters(fragment)).rsplit(" ", 1)[1] + ("-mono" if monospace else "")
     # two classes: JupyterLab's own rules for its output (`.jp-RenderedHTMLCommon pre`) are as specific as one
     scope = f".sftlab-box.{name}"
     return f'<div class="sftlab-box {name}">{scoped_style(fragment, scope, monospace)}{fragment}</div>'
