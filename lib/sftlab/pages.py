@@ -118,18 +118,14 @@ def stacks(family: str = FONT_FAMILY) -> tuple[str, str]:
 
 def rules(scope: str, family: str = FONT_FAMILY, monospace: bool = False) -> str:
     """The one sftlab style for the elements under the CSS selector `scope`: text in the text stack (the code stack
-    when `monospace`), code in the code stack, form controls and tables inheriting it; both stacks end in the
-    embedded font `family`."""
+    when `monospace`), code in the code stack, form controls and tables inheriting it; both stacks start with the
+    embedded font `family`. (The tables' own look is `sftlab.tables`.)"""
     text, code = stacks(family)
     under = lambda *selectors: ", ".join(f"{scope} {s}" for s in selectors)  # noqa: E731
     return (f"{scope} {{ font-family: {code if monospace else text}; }}\n"
             f"{under('pre', 'code', 'kbd', 'samp')} {{ font-family: {code}; }}\n"
             f"{under('pre')} {{ white-space: pre-wrap; overflow-wrap: anywhere; }}\n"
-            f"{under('input', 'select', 'textarea', 'button', 'table', '.dt-container')} {{ font-family: inherit; }}\n"
-            f"{under('table.sftlab-table')} {{ border-collapse: collapse; margin: .3em 0; }}\n"
-            f"{under('table.sftlab-table th', 'table.sftlab-table td')} {{ border: 1px solid #ddd; padding: .25em .5em; "
-            "text-align: left; vertical-align: top; }\n"
-            f"{under('table.sftlab-table th')} {{ background: #f4f4f4; }}\n")
+            f"{under('input', 'select', 'textarea', 'button', 'table', '.dt-container')} {{ font-family: inherit; }}\n")
 
 
 def style(page: str) -> str:
@@ -157,7 +153,7 @@ def box(fragment: str, monospace: bool = False) -> str:
     """`fragment` in a box that carries the sftlab style and its own cut of NanumGothic for the Korean it holds: a
     notebook open in Jupyter, which has no page-level font of ours, draws its Hangul on a machine without Korean
     fonts too."""
-    name = "sftlab-box-" + _family(characters(fragment)).rsplit(" ", 1)[1] + ("-mono" if monospace else "")
+    name = "sftlab-ko-" + _family(characters(fragment)).rsplit(" ", 1)[1] + ("-mono" if monospace else "")
     # two classes: JupyterLab's own rules for its output (`.jp-RenderedHTMLCommon pre`) are as specific as one
     scope = f".sftlab-box.{name}"
     return f'<div class="sftlab-box {name}">{scoped_style(fragment, scope, monospace)}{fragment}</div>'

@@ -9,7 +9,7 @@ Precision: a float column is shown with 3 decimals, or 1 when its largest value 
 Elo-scale scores); integer columns, and a float column of whole numbers with a missing value (a count that
 became float through it), are shown as integers; `precision={"cost_usd": 4}` overrides a column. Missing values are "—".
 Every cell is HTML-escaped, so model output and names are shown as text. The table carries its own cut of the
-Korean font for the Hangul it holds (`pages.korean_box`), so it draws in Jupyter as in the report.
+Korean font for the Hangul it holds (`pages.box`), so it draws in Jupyter as in the report.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def table(frame: pd.DataFrame, groups: dict[str, list[str]] | None = None, preci
             f"<tbody>{''.join(rows)}</tbody></table></div>")
     plain = frame.to_string(index=False, formatters={c: (lambda f: lambda v: cell_text(v, f))(f)
                                                       for c, f in formats.items()})
-    return Block(STYLE + pages.korean_box(body), plain)
+    return Block(STYLE + pages.box(body), plain)
 
 
 def interval(value, low, high, digits: int = 3, percent: bool = False, signed: bool = False) -> str:
@@ -156,4 +156,4 @@ def summary_block(sentences: list[str], css_class: str = "sftlab-summary") -> Bl
         text = html.escape(sentence)
         parts.append(f'<b style="color:#a40000">{text}</b>' if sentence.startswith("⚠") else text)
     body = f'<p class="{html.escape(css_class)}" style="font-size:15px; max-width:60em">{" ".join(parts)}</p>'
-    return Block(pages.korean_box(body), " ".join(sentences))
+    return Block(pages.box(body), " ".join(sentences))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from sftlab import pages
+from sftlab import pages, tables
 from sftlab.judge.rubric import Rubric
 from sftlab.judge.store import SCORE_PREFIX
 from sftlab.checkpoints import checkpoint_order
@@ -29,7 +29,7 @@ def rubric_view(rubric: Rubric, title: str = "") -> pages.Html:
     """The rubric as the notebook shows it: its criteria as a table and its system prompt, in the sftlab style with
     the embedded Korean font (drawn on a machine without Korean fonts, in Jupyter and in the report)."""
     head = f"<h4>{html.escape(title)}</h4>" if title else ""
-    table = rubric_frame(rubric).to_html(classes="sftlab-table", border=0, escape=True)
+    table = tables.table(rubric_frame(rubric)).html
     prompt = f"<p><b>System prompt</b></p><pre class=\"sftlab-prompt\">{html.escape(rubric.system_prompt)}</pre>"
     return pages.Html(pages.box(f'<div class="sftlab-rubric">{head}{table}{prompt}</div>'))
 

@@ -413,7 +413,7 @@ def verdict(summary) -> Block:
     from sftlab import pages
 
     block = f'{VERDICT_STYLE}<div class="sftlab-verdict">{"".join(parts)}</div>'
-    return Block(pages.korean_box(block), "\n".join([sentence, *failures, *(f"reliability card — {c}" for c in cards)]))
+    return Block(pages.box(block), "\n".join([sentence, *failures, *(f"reliability card — {c}" for c in cards)]))
 
 
 def summary_table(by_checkpoint: pd.DataFrame, criteria: list[str]) -> Block:
