@@ -197,9 +197,9 @@ def test_disagreements_come_first(outputs):
 
 NOTEBOOK = [
     # the form, as notebooks/judge.ipynb shows it
-    "from sftlab import config, labels\n"
+    "from sftlab import config, label_form\n"
     f"params = config.validate({{'experiment': '{EXPERIMENT}', 'seed': 3, 'judge': {{'backend': 'reference'}}}})\n"
-    "form = labels.widget(params, n=4)",
+    "form = label_form.widget(params, n=4)",
     # the rubric, as the judge notebook shows it
     "from sftlab.judge import rubric, views\n"
     f"views.rubric_view(rubric.load_rubric({str(ROOT / 'params' / 'rubrics' / 'qa_ko.yaml')!r}), 'qa_ko')",

@@ -14,7 +14,7 @@ import pytest
 
 from judge_server import FakeJudgeServer
 from test_judge import EXPERIMENT, make_params, prepare
-from sftlab import jsonl, judge, labels, score
+from sftlab import jsonl, judge, label_form, labels, score
 from sftlab.judge import store
 from sftlab.score import reliability
 
@@ -165,7 +165,7 @@ def test_pairwise_labels_give_raw_agreement_with_ties(tmp_path, outputs):
 def test_the_labelling_form_saves_what_is_chosen(outputs, mode):
     prepare(outputs, n=2)
     params = make_params(None, backend="reference", mode=mode)
-    form = labels.widget(params, n=2, labeller="synthetic-fixture")
+    form = label_form.widget(params, n=2, labeller="synthetic-fixture")
     assert "Question" in form.view["html"] and ("Answer B" in form.view["html"]) == (mode == "pairwise")
     [criterion, *_] = form.view["criteria"]
     chosen = -1 if mode == "pairwise" else criterion["options"][-1]["value"]

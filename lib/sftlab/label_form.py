@@ -1,6 +1,6 @@
 """The labelling form: a person scores answers one at a time, by mouse or by keyboard, blind to the checkpoint.
 
-    form = labels.widget(params, n=10)                         # builds a LabelForm and displays it
+    form = label_form.widget(params, n=10)                     # builds a LabelForm and displays it
     form = LabelForm(params, labels.sample(params, 10))        # the same, by hand
     form.choose("accuracy", 4); form.save(); form.back(); form.skip(); form.reopen(0)   # what the buttons do
 
@@ -253,3 +253,16 @@ class LabelForm(anywidget.AnyWidget):
             self.skip()
         elif action == "reopen":
             self.reopen(int(content["position"]))
+
+
+def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = None, order: str = "stratified"):
+    """The labelling form (`LabelForm`), displayed: `n` answers (pairs in pairwise mode) drawn by `labels.sample` /
+    `labels.sample_pairs` in `order`, blind to the checkpoint. `labeller` sets the name to label under (kept for
+    the next run); '' keeps the remembered one."""
+    from IPython.display import display
+
+    pairwise_mode = params.judge.mode == "pairwise"
+    items = labels.sample_pairs(params, n, seed, order) if pairwise_mode else labels.sample(params, n, seed, order)
+    form = LabelForm(params, items, labeller=labeller, picked=order)
+    display(form)
+    return form

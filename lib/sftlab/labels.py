@@ -2,7 +2,7 @@
 
     labels.sample(params, n=20)                  # rows to label: stratified by checkpoint and language
     labels.sample(params, n=20, order="disagreements")  # rows where the judge is least sure first
-    labels.widget(params, n=20)                  # in Jupyter: label them one by one (sftlab.label_form)
+    label_form.widget(params, n=20)              # in Jupyter: label them one by one (sftlab.label_form)
     labels.import_file(params, "my_labels.csv")  # or import a CSV / JSONL file of labels
     labels.agreement(params.layout, judge_scores, ...)  # judge vs human, for the reliability card
 
@@ -276,21 +276,6 @@ def sample_pairs(params: Params, n: int = 20, seed: int | None = None, order: st
     rest = _round_robin(queues, n - len(first))
     rng.shuffle(rest)
     return first + rest
-
-
-def widget(params: Params, n: int = 20, labeller: str = "", seed: int | None = None, order: str = "stratified"):
-    """The labelling form (`sftlab.label_form.LabelForm`), displayed: `n` answers (pairs in pairwise mode) drawn by
-    `sample` / `sample_pairs` in `order`, blind to the checkpoint. `labeller` sets the name to label under (kept
-    for the next run); '' keeps the remembered one."""
-    from IPython.display import display
-
-    from sftlab.label_form import LabelForm
-
-    pairwise_mode = params.judge.mode == "pairwise"
-    items = sample_pairs(params, n, seed, order) if pairwise_mode else sample(params, n, seed, order)
-    form = LabelForm(params, items, labeller=labeller, picked=order)
-    display(form)
-    return form
 
 
 def round_half_up(values) -> np.ndarray:
