@@ -70,7 +70,10 @@ def test_a_copied_or_untarred_experiment_trains_generates_and_judges_nothing_aga
     monkeypatch.setenv("SFTLAB_OUTPUTS", str(moved))
     assert_nothing_to_do("tiny")
 
-    # The train config on disk is the launchable one: absolute, in the copy's own folder.
+    # Planning wrote nothing; the config the preflight writes is the launchable one: absolute, in the copy's folder.
+    trained, _, _ = plans(file, "tiny", tiny_model_path)
+    train.preflight(trained, label_audit=False)
+    train.release(trained)
     config = yaml.safe_load((moved / "tiny" / "train" / "train_config.yaml").read_text())
     assert config["output_dir"] == str(moved / "tiny" / "train")
     assert launch.portable(config)["train_file"] == "<experiment>/train/train.jsonl"
