@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from sftlab import executor, reports, runner
     from sftlab.config import load_params
-    from sftlab.data import DataError
     from sftlab.models import resolve_model
-    from sftlab.train import UnsupervisedEOSError
 
     try:
         if args.command == "run":
@@ -139,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return import_recipe(args.recipe, args.output)
         elif args.command == "index":
             print(reports.build_index())
-    # DataError and UnsupervisedEOSError: by name until their modules derive them from SftlabError too.
-    except (SftlabError, DataError, UnsupervisedEOSError, FileNotFoundError, FileExistsError, ValueError,
-            executor.ExecutorError) as e:
+    except (SftlabError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"sftlab: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sftlab import paths
+from sftlab.errors import SftlabError
 from sftlab.config import ColumnMap, DataParams, MixtureSource
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".csv", ".parquet")
@@ -69,7 +70,7 @@ Row = tuple[str, dict]  # (location, raw row)
 Problem = tuple[int, str]  # (row number, 0 for the whole file; "location: what"): sorts into file order
 
 
-class DataError(ValueError):
+class DataError(SftlabError, ValueError):
     """Data that cannot be used as given. `problems`: one "location: field: what" line per bad row."""
 
     def __init__(self, message: str, problems: Iterable[str] = ()):

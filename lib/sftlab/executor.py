@@ -66,6 +66,7 @@ from submitit.core.utils import FailedJobError
 
 from sftlab import paths, reports, runner
 from sftlab.config import ExecutorParams, JobResources, Params, ParamsError, slurm_time_minutes, validate
+from sftlab.errors import SftlabError
 
 QUEUED, INTERRUPTED, NOT_RUN, CANCELLED = "queued", "interrupted", "not run", "cancelled"
 FINAL = (runner.DONE, runner.DONE_WITH_ERRORS, runner.FAILED, NOT_RUN, CANCELLED)
@@ -85,7 +86,7 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 log = logging.getLogger("sftlab.executor")
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(SftlabError, RuntimeError):
     """The executor cannot submit or ask about jobs; the message says why and what to do."""
 
 

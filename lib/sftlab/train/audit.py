@@ -28,12 +28,13 @@ from typing import Any
 import yaml
 
 from sftlab import pages
+from sftlab.errors import SftlabError
 
 IGNORE = -100
 _DISTRIBUTION_KEYS = ("fsdp", "fsdp_config", "deepspeed", "env")
 
 
-class UnsupervisedEOSError(RuntimeError):
+class UnsupervisedEOSError(SftlabError, RuntimeError):
     """The end-of-turn token would carry no loss: the model would not learn to stop."""
 
 

@@ -37,12 +37,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from sftlab.errors import SftlabError
+
 TURNS = ("all", "last")
 OVERLONG = ("error", "drop", "keep_start", "keep_end")
 MAX_LISTED = 10
 
 
-class SupervisionError(ValueError):
+class SupervisionError(SftlabError, ValueError):
     """Training rows that cannot be supervised as asked; the message names the rows and the way forward."""
 
 
