@@ -57,7 +57,8 @@ def test_pruning_keeps_the_newest_complete_checkpoint_resumable(tmp_path):
 def test_a_kill_during_the_save_of_a_checkpoint_resumes_from_the_one_before(tmp_path, outputs, tiny_model_path):
     params = load_params(tiny_params(tmp_path, tiny_model_path, max_steps=6, save_steps=2, logging_steps=1))
     examples, _ = data.load_splits(params.data, params.seed)
-    plan = train.prepare(params, examples, str(tiny_model_path))
+    plan = train.plan(params, examples, str(tiny_model_path))
+    train.preflight(plan, label_audit=False)
     # The save of checkpoint-4 stops where it writes the optimizer state, after the weights: its optimizer file
     # is a named pipe that nothing reads, so opening it blocks, the moment a kill is most harmful.
     saving = plan.train_dir / "checkpoint-4"
@@ -82,7 +83,7 @@ def test_a_kill_during_the_save_of_a_checkpoint_resumes_from_the_one_before(tmp_
     assert checkpoints.has_optimizer_state(plan.train_dir / "checkpoint-2")  # kept: checkpoint-4 never completed
 
     lines = []
-    train.run(train.prepare(params, examples, str(tiny_model_path)), echo=lines.append)
+    train.run(train.plan(params, examples, str(tiny_model_path)), echo=lines.append)
     assert any("removed checkpoint-4" in line for line in lines)
     assert any("resuming from" in line and line.endswith("checkpoint-2") for line in lines)
     state = json.loads((plan.train_dir / "trainer_state.json").read_text())
@@ -107,4 +108,4 @@ def test_a_kill_during_the_save_of_a_checkpoint_resumes_from_the_one_before(tmp_
     for path in (done[-1], plan.train_dir / "trainer_state.json"):
         subprocess.run(["rm", "-r", str(path)], check=True)
     with pytest.raises(ValueError, match="checkpoint-4 holds weights only"):
-        train.prepare(params, examples, str(tiny_model_path))
+        train.preflight(train.plan(params, examples, str(tiny_model_path)), label_audit=False)

@@ -276,7 +276,7 @@ def test_prepare_train_prints_the_command_after_the_audit(tmp_path, outputs, tin
     config = outputs / "demo" / "train" / "train_config.yaml"
     assert result.stdout.strip().endswith(f"-m sftlab.train --config {config}")
     assert "--nproc_per_node 2" in result.stdout and "fsdp: true" in config.read_text()
-    assert "label audit: 8 audited sequences" in result.stderr
+    assert "label audit: whole set: " in result.stderr and "8 audited sequences" in result.stderr
     bad = sftlab_cli("prepare-train", "params/demo.yaml", "--set", f"model.name_or_path={tiny_model_path}",
                      "--set", "train.collator=legacy_pad_masked", "--set", "experiment=bad", env=env)
     assert bad.returncode == 1 and "never be taught to stop" in bad.stderr and "Traceback" not in bad.stderr

@@ -260,6 +260,7 @@ def test_a_second_launch_with_the_same_config_trains_nothing(tmp_path, outputs, 
 @pytest.mark.slow
 def test_failing_training_raises_with_the_log_tail(tmp_path, outputs, tiny_model_path):
     _, plan = plan_for(tmp_path, tiny_model_path)
+    train.preflight(plan, echo=lambda line: None)  # audited: what fails below is the training process itself
     config = yaml.safe_load(plan.config_path.read_text())
     config["model_name_or_path"] = str(tmp_path / "no-such-model")
     plan.config_path.write_text(yaml.safe_dump(config))

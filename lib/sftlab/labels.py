@@ -50,6 +50,8 @@ from sftlab.judge.pairwise import CRITERION, PAIR_SEPARATOR, VERDICTS, model_pai
 from sftlab.judge.rubric import load_rubric
 from sftlab.judge.stage import pairwise_baseline, rubric_path
 from sftlab.judge.store import SCORE_PREFIX
+from sftlab.score import bootstrap
+from sftlab.score.reliability import spearman
 
 LABELS_FILE = "labels.jsonl"
 LABELLERS_FILE = "labellers.json"  # login name -> the name its person labels under
@@ -315,9 +317,6 @@ def agreement(layout: paths.ExperimentLayout, judge_scores: pd.DataFrame, n_boot
     scale (`scales`: criterion -> (lowest, highest); the observed range where missing) and Spearman ρ, with
     bootstrap intervals and counts. `judge_scores`: checkpoint, id and score columns (the mean over
     passes, rounded half up for κ). None without labels."""
-    from sftlab.score import bootstrap
-    from sftlab.score.reliability import spearman
-
     labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR not in k[0]}  # answers, not pairs
     if not labelled:
         return None
@@ -362,8 +361,6 @@ def pairwise_agreement(layout: paths.ExperimentLayout, outcomes: pd.DataFrame, n
     with ties), with a bootstrap interval. `outcomes`: the score stage's combined pairwise outcomes (a, b,
     id, outcome from a's side; several passes are averaged). `names` maps checkpoint names to the names
     used in `outcomes` (a study prefixes the experiment)."""
-    from sftlab.score import bootstrap
-
     labelled = {k: v for k, v in latest(layout).items() if PAIR_SEPARATOR in k[0] and CRITERION in v["scores"]}
     if not labelled or outcomes.empty:
         return None

@@ -24,8 +24,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import font_manager
 
+from sftlab import pages
 from sftlab.judge.store import SCORE_PREFIX
-from sftlab.tables import Block
+from sftlab.score import reliability
+from sftlab.tables import Block, interval, table
 
 FONT = "NanumGothic"
 SAVE = {"dpi": 110, "bbox_inches": "tight"}  # tight: keeps the legend placed outside the panels
@@ -290,8 +292,6 @@ def _baseline_name(differences: pd.DataFrame, summary: pd.DataFrame) -> str | No
 
 def headline_sentence(tables: dict[str, pd.DataFrame], card: dict) -> str:
     """Which model is better, by how much, and whether the data say so — one sentence (Markdown-free text)."""
-    from sftlab.tables import interval
-
     summary, differences = tables["summary"], tables["differences"]
     distrust = "" if card.get("trustworthy", True) else f"No winner named: {card.get('warning', 'the judge is not reliable')}. "
     if "ranking" in tables and len(tables["ranking"]):
@@ -336,8 +336,6 @@ def headline_sentence(tables: dict[str, pd.DataFrame], card: dict) -> str:
 
 def card_lines(card: dict) -> list[str]:
     """The reliability card's one-line verdict per experiment (and the warning when it distrusts the judge)."""
-    from sftlab.score import reliability
-
     lines = [] if card.get("trustworthy", True) else [f"⚠ not trustworthy: {card.get('warning', '')}"]
     experiments = card.get("experiments", {})
     for experiment, entry in experiments.items():
@@ -350,8 +348,6 @@ def card_lines(card: dict) -> list[str]:
 
 def differences_table(tables: dict[str, pd.DataFrame]):
     """Each model against the baseline, compact: pairwise win rates, or paired differences with intervals."""
-    from sftlab.tables import interval, table
-
     versus = tables.get("pairwise")
     if versus is not None and len(versus):
         frame = pd.DataFrame({
@@ -410,8 +406,6 @@ def verdict(summary) -> Block:
         body += f'<div class="sftlab-differences">{differences.html}</div>'
     if body:
         parts.append(f'<div class="sftlab-verdict-body">{body}</div>')
-    from sftlab import pages
-
     block = f'{VERDICT_STYLE}<div class="sftlab-verdict">{"".join(parts)}</div>'
     return Block(pages.box(block), "\n".join([sentence, *failures, *(f"reliability card — {c}" for c in cards)]))
 
@@ -419,8 +413,6 @@ def verdict(summary) -> Block:
 def summary_table(by_checkpoint: pd.DataFrame, criteria: list[str]) -> Block:
     """The per-checkpoint summary as a report table: one row per model, columns grouped (rows, termination and
     repetition, length, scores with their intervals, cost), value and interval in one cell."""
-    from sftlab.tables import interval, table
-
     frame = pd.DataFrame({"model": model_names(by_checkpoint) if len(by_checkpoint) else []})
     counts = {"samples": "n", "judged": "n_judged", "judge errors": "judge_errors", "not judged": "not_judged"}
     for label, column in counts.items():
@@ -445,8 +437,6 @@ def summary_table(by_checkpoint: pd.DataFrame, criteria: list[str]) -> Block:
 def differences_detail(differences: pd.DataFrame) -> Block:
     """Every paired difference against the baseline: one row per model, one column per metric, each the mean
     difference with its interval; the number of paired samples."""
-    from sftlab.tables import interval, table
-
     if differences.empty:
         return table(pd.DataFrame({"note": ["one model only: no differences against a baseline"]}))
     multi = differences["experiment"].nunique() > 1

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from sftlab import lifeline
+from sftlab.models import chat_template_text
 from sftlab.config import OWN_TRAIN_KEYS, Params, TrainParams
 from sftlab.files import atomic_write_text
 
@@ -158,8 +159,6 @@ def write_inputs(params: Params, train_examples, test_examples, train_dir: Path)
     if wants_eval(params.train):
         write_train_rows(test_examples, train_dir / "eval.jsonl")
     if params.model.chat_template:
-        from sftlab.models import chat_template_text
-
         atomic_write_text(train_dir / "chat_template.jinja", chat_template_text(params.model.chat_template))
 
 

@@ -33,7 +33,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from trl import SFTConfig
 
-from sftlab import models, progress
+from sftlab import jsonl, models, progress
 from sftlab.checkpoints import check_resumable, newest_complete, prune_resume_state
 from sftlab.knobs import Collator, DType, Overlong, Turns, collator_conflict
 from sftlab.paths import TRAIN_SUMMARY_FILE
@@ -185,8 +185,6 @@ def build_trainer(script_args: ScriptArguments, training_args, tokenizer, model,
 
 def read_conversations(path: str) -> list[dict]:
     """The rows the train stage wrote (sftlab.train.launch.write_train_rows)."""
-    from sftlab import jsonl
-
     return jsonl.read_rows(Path(path))
 
 
