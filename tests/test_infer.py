@@ -336,6 +336,80 @@ def test_sampling_is_seeded(tiny_model_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# Replicas (infer.data_parallel)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_replicas_answer_in_batch_order_and_a_failure_stops_after_the_answers_before_it():
+    from sftlab.infer import parallel
+
+    def slow(batch):  # the first replica is slow: batches finish out of order
+        time.sleep(0.05 * len(batch))
+        return [x * 10 for x in batch]
+
+    def fast(batch):
+        if 99 in batch:
+            raise RuntimeError("replica lost")
+        return [x * 10 for x in batch]
+
+    batches = [[1, 2, 3], [4], [5], [6, 7]]
+    assert list(parallel.in_batch_order(batches, [slow, fast])) == [(0, [10, 20, 30]), (1, [40]), (2, [50]),
+                                                                    (3, [60, 70])]
+    seen = []
+    with pytest.raises(RuntimeError, match="replica lost"):
+        for index, answer in parallel.in_batch_order([[1], [2], [99], [3]], [fast]):
+            seen.append(index)
+    assert seen == [0, 1]
+
+
+@pytest.mark.slow
+def test_two_replica_processes_write_the_same_rows_as_one(tmp_path, outputs, tiny_model_path):
+    """Sampling (seeded per batch) on the tiny model gives every batch rows of its own: equal files prove each
+    batch is answered as one engine answers it, and written in the same order."""
+    settings = {"num_samples": 10, "batch_size": 3, "do_sample": True, "temperature": 1.5, "max_new_tokens": 6}
+    one = make_params(tmp_path, tiny_model_path, **settings)
+    add_checkpoints(one, tiny_model_path, steps=(2,))
+    infer.run(infer.plan(one), echo=lambda line: None)
+    first = {p.name: p.read_text() for p in (one.output_dir / "generations").glob("*.jsonl")}
+    assert len(first) == 2 and len({r["output"] for r in read_jsonl(one.output_dir / "generations" / "base.jsonl")}) > 1
+
+    two = load_params(params_file(tmp_path, tiny_model_path, **settings, data_parallel=2))
+    shutil.rmtree(one.output_dir / "generations")
+    summary = infer.run(infer.plan(two), echo=lambda line: None)
+    assert summary.generated == {"base": 10, "checkpoint-2": 10}
+    assert {p.name: p.read_text() for p in (two.output_dir / "generations").glob("*.jsonl")} == first
+
+
+def test_a_replica_that_fails_is_an_error_naming_it(tmp_path):
+    from sftlab.infer import parallel
+
+    replicas = parallel.HFReplicas(2, dtype="float32")
+    try:
+        with pytest.raises(models.ModelError, match=r"infer replica 0 \(cpu\), loading .*nowhere"):
+            replicas(str(tmp_path / "nowhere"))
+    finally:
+        replicas.close()
+    assert replicas.processes == []
+
+
+def test_replica_settings_are_checked_against_the_engine_and_the_job(tmp_path):
+    from sftlab import executor
+    from sftlab.config import ParamsError, validate
+
+    with pytest.raises(ParamsError, match="infer.tensor_parallel: 2: the HF engine holds one whole model per device"):
+        validate({"experiment": "x", "infer": {"tensor_parallel": 2}})
+    with pytest.raises(ParamsError, match=r"executor.infer.gpus_per_node: 2 GPUs for .* = 8: ask for 8"):
+        validate({"experiment": "x", "infer": {"engine": "vllm", "data_parallel": 4, "tensor_parallel": 2},
+                  "executor": {"backend": "slurm", "infer": {"gpus_per_node": 2}}})
+    params = validate({"experiment": "x", "infer": {"engine": "vllm", "data_parallel": 2, "tensor_parallel": 2},
+                       "executor": {"backend": "slurm", "gpus_per_node": 8}})
+    assert executor.submitit_parameters(params, "infer", [])["gpus_per_node"] == 4  # its replicas' GPUs
+    assert executor.submitit_parameters(params, "train", [])["gpus_per_node"] == 8
+    text = executor.sbatch_text(params, "infer", tmp_path / "run")
+    assert "#SBATCH --gpus-per-node=4" in text
+
+
+# ----------------------------------------------------------------------------------------------
 # Display
 # ----------------------------------------------------------------------------------------------
 

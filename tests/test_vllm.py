@@ -90,6 +90,29 @@ def test_a_swap_is_checked_against_a_fresh_load(builtin_model_path, prompts, tmp
     shutil.rmtree(tmp_path / "embeddings")
 
 
+def test_two_replicas_give_the_rows_of_one_and_each_swap_is_checked_on_both(builtin_model_path, prompts, tmp_path):
+    """infer.data_parallel: 2 through vLLM: two workers (on CPU they share the cores; on a GPU machine each has
+    its own GPUs), the stage's batches split between them, the same answers as one worker."""
+    settings = GenerationSettings(max_new_tokens=24)
+    batches = [prompts[start:start + 4] for start in range(0, 16, 4)]
+    one = VLLMEngines(dtype="float32")
+    try:
+        single = [one(str(builtin_model_path)).generate(batch, settings) for batch in batches]
+    finally:
+        one.close()
+    copy = tmp_path / "copy"
+    shutil.copytree(builtin_model_path, copy)
+    two = VLLMEngines(dtype="float32", probes=prompts[:2], data_parallel=2)
+    try:
+        engine = two(str(builtin_model_path))
+        assert len(two.processes) == 2
+        assert [g for _, g in engine.generate_batches(batches, settings)] == single
+        two(str(copy))  # a swap: checked on each replica
+        assert sorted(s["replica"] for s in two.swaps) == [0, 1] and two.fresh_loads == 1
+    finally:
+        two.close()
+
+
 def test_the_environment_is_missing_says_what_to_run(monkeypatch, tmp_path):
     monkeypatch.setenv("SFTLAB_VLLM_PYTHON", str(tmp_path / "nowhere" / "python"))
     with pytest.raises(models.ModelError, match="make setup-vllm"):

@@ -9,7 +9,8 @@ schema cannot see, found in milliseconds instead of a minute into a stage.
 - a pad token that must be in the model's vocabulary, when the model is on disk already;
 - the rubric files the judge will load: they exist (a path is checked here, not one cell later);
 - `report_to` trackers installed in this environment;
-- a chat template: `model.chat_template` readable, or the model on disk has one of its own.
+- a chat template: `model.chat_template` readable, or the model on disk has one of its own;
+- infer replicas that the engine and the infer job's GPUs can give (tensor parallel is vLLM's).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sftlab.knobs import PAD_TOKEN_CHOICES
 
 def problems(params: Any) -> list[tuple[tuple, str]]:
     found = (_trainer_field_problems(params) + _tracker_problems(params) + _model_problems(params)
-             + _rubric_problems(params))
+             + _rubric_problems(params) + _parallel_problems(params))
     if not found:  # the pad token and the template are looked up in the model's files: only once the model is fine
         pad = _pad_token_problem(params)
         found += [(("train", "pad_token"), pad)] if pad else []
@@ -61,6 +62,21 @@ def tracker_problem(name: str) -> str | None:
             f"(`{Path(sys.prefix) / 'bin' / 'pip'} install {packages[0]}`) or remove it; without any tracker "
             "sftlab still plots loss, grad_norm and learning rate from trainer_state.json (the train report)")
 
+
+
+def _parallel_problems(params: Any) -> list[tuple[tuple, str]]:
+    """Replicas and GPUs per replica that the engine and the Slurm job can give (sftlab.infer.parallel)."""
+    infer, found = params.infer, []
+    if infer.tensor_parallel > 1 and infer.engine != "vllm":
+        found.append((("infer", "tensor_parallel"), f"{infer.tensor_parallel}: the HF engine holds one whole model "
+                      "per device; use infer.data_parallel (one replica per GPU), or infer.engine: vllm"))
+    wanted = infer.data_parallel * infer.tensor_parallel
+    asked = params.executor.infer.gpus_per_node
+    if params.executor.backend == "slurm" and asked is not None and asked < wanted:
+        found.append((("executor", "infer", "gpus_per_node"), f"{asked} GPUs for infer.data_parallel "
+                      f"{infer.data_parallel} x infer.tensor_parallel {infer.tensor_parallel} = {wanted}: ask for "
+                      f"{wanted}, or leave it unset (the infer job then asks for {wanted})"))
+    return found
 
 
 def _rubric_problems(params: Any) -> list[tuple[tuple, str]]:

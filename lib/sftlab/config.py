@@ -298,6 +298,11 @@ class InferParams(_Section):
     top_k: int | None = None  # with do_sample: only the k likeliest tokens
     repetition_penalty: float = Field(1.0, gt=0)  # 1.0: none; > 1 discourages tokens already in prompt or answer
     seed: int | None = None  # None: the experiment's seed
+    # Engine replicas, each answering its share of the batches (sftlab.infer.parallel): the HF engine runs one
+    # process per GPU (without GPUs, N processes share the CPU cores); vLLM one engine per tensor_parallel GPUs.
+    # The rows are the same as with one replica. A Slurm infer job asks for data_parallel x tensor_parallel GPUs.
+    data_parallel: int = Field(1, ge=1)
+    tensor_parallel: int = Field(1, ge=1)  # GPUs per replica, vLLM only (its tensor_parallel_size)
 
 
 class JudgeParams(_Section):

@@ -18,7 +18,8 @@ of the submitting shell on (SFTLAB_OUTPUTS, HF_HOME, ...).
 What a job asks for: `job_resources(executor, stage)`. The executor's keys are every job's; a stage's own
 section overrides them key by key (`extra`, more #SBATCH directives, merges). `nodes` and `gpus_per_node` at
 the top are the train job's: infer asks for one node, judge and score for one node and no GPU, unless their
-own sections say otherwise. `sbatch_text` is the exact script a job is submitted with.
+own sections say otherwise; an infer job with replicas (infer.data_parallel x infer.tensor_parallel > 1) and no
+gpus_per_node of its own asks for that many GPUs. `sbatch_text` is the exact script a job is submitted with.
 
 States. The status entry (status.json, run.json, the index) of a submitted stage carries `job_id`, `after`
 (the jobs it waits for) and `log`, and goes
@@ -65,6 +66,7 @@ import submitit
 from submitit.core.utils import FailedJobError
 
 from sftlab import paths, reports, runner
+from sftlab.stages import BY_NAME as DECLARED_STAGES
 from sftlab.config import ExecutorParams, JobResources, Params, ParamsError, slurm_time_minutes, validate
 from sftlab.errors import SftlabError
 
@@ -132,6 +134,10 @@ def submitit_parameters(params: Params, stage: str, after: list[str]) -> dict:
     for key in ("partition", "account", "qos", "nodes", "gpus_per_node", "cpus_per_task", "mem"):
         if key in resources:
             parameters[key] = resources[key]
+    if stage == "infer" and executor.infer.gpus_per_node is None:  # the GPUs of its replicas (sftlab.infer.parallel)
+        wanted = params.infer.data_parallel * params.infer.tensor_parallel
+        if wanted > 1:
+            parameters["gpus_per_node"] = wanted
     # submitit's own --signal goes to job steps; B: sends it to the batch shell, which `exec`s submitit's process.
     additional = {"requeue": True, "signal": f"B:{REQUEUE_SIGNAL}@{executor.signal_before_s}"}
     if after:
@@ -207,7 +213,8 @@ def submit(loaded: "runner.LoadedRun", kernel: str | None = None, echo: Callable
     """Submit one job per stage and experiment (and the study's joint score after all of them); record each as
     `queued` with its job id; print the ids. Returns what was submitted."""
     submitted: list[Submitted] = []
-    experiment_jobs = [[(params, stage, file) for stage in loaded.stages if not (loaded.study and stage == "score")]
+    experiment_jobs = [[(params, stage, file) for stage in loaded.stages
+                        if not (loaded.study and not DECLARED_STAGES[stage].per_experiment)]
                        for params, file in zip(loaded.experiments, loaded.files)]
     try:
         lasts = []
@@ -219,7 +226,11 @@ def submit(loaded: "runner.LoadedRun", kernel: str | None = None, echo: Callable
                 previous = [job.job_id]
             lasts += previous
         if loaded.study_params is not None:
-            submitted.append(_submit_stage(loaded.study_params, "score", loaded.study, lasts, loaded, kernel))
+            for stage in loaded.stages:  # the study's joint stages (score), after every experiment's last job
+                if not DECLARED_STAGES[stage].per_experiment:
+                    job = _submit_stage(loaded.study_params, stage, loaded.study, lasts, loaded, kernel)
+                    submitted.append(job)
+                    lasts = [job.job_id]
     except (FailedJobError, OSError, subprocess.SubprocessError) as e:
         if submitted:
             subprocess.run(["scancel", *[s.job_id for s in submitted]], capture_output=True)

@@ -44,6 +44,7 @@ from sftlab import checkpoints, data, jsonl, metrics, models, progress
 from sftlab.config import Params
 from sftlab.infer import store
 from sftlab.infer.engine import Generation, GenerationEngine, GenerationSettings, HFEngine, prompt_text
+from sftlab.infer.parallel import HFReplicas
 from sftlab.infer.vllm_engine import VLLMEngines  # light: vLLM itself runs in a process of its own
 
 BASE = "base"
@@ -198,13 +199,18 @@ def run(planned: Plan, echo: Callable[[str], None] = print,
     """Generate every row the plan says is missing; return what was generated, per checkpoint.
 
     `make_engine(model_path)` builds the engine (default: by `infer.engine`, `HFEngine` with `model.dtype`,
-    or one `VLLMEngines` worker for every checkpoint; anything with a `close()` is closed at the end).
+    `HFReplicas` with `infer.data_parallel` > 1, or `VLLMEngines` workers for every checkpoint; anything with
+    a `close()` is closed at the end).
     """
     params, settings, examples = planned.params, planned.settings, planned.examples
-    if make_engine is None and params.infer.engine == "vllm" and any(job.todo for job in planned.jobs):
-        make_engine = VLLMEngines(dtype=params.model.dtype, seed=settings.seed,
-                                  probes=[e.prompt for e in examples[:2]])
+    infer = params.infer
     template = models.chat_template_text(params.model.chat_template)
+    if make_engine is None and infer.engine == "vllm" and any(job.todo for job in planned.jobs):
+        make_engine = VLLMEngines(dtype=params.model.dtype, seed=settings.seed,
+                                  probes=[e.prompt for e in examples[:2]], data_parallel=infer.data_parallel,
+                                  tensor_parallel=infer.tensor_parallel, chat_template=template)
+    elif make_engine is None and infer.data_parallel > 1:
+        make_engine = HFReplicas(infer.data_parallel, dtype=params.model.dtype, chat_template=template)
     make_engine = make_engine or (lambda path: HFEngine(path, dtype=params.model.dtype, chat_template=template))
     try:
         return _run(planned, echo, make_engine)
@@ -260,9 +266,13 @@ def generate_rows(engine: GenerationEngine, examples: list[data.Example], settin
     # Longest first: prompts of like length share a batch (little padding), and a batch too large
     # for memory fails at the start, not at the end.
     ordered = sorted(examples, key=lambda e: -lengths[e.id])
-    for start in range(0, len(ordered), batch_size):
-        batch = ordered[start:start + batch_size]
-        generations = engine.generate([e.prompt for e in batch], settings)
+    batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+    if hasattr(engine, "generate_batches"):  # replicas (infer.data_parallel): the same batches, in the same order
+        answered = engine.generate_batches([[e.prompt for e in batch] for batch in batches], settings)
+    else:
+        answered = ((i, engine.generate([e.prompt for e in batch], settings)) for i, batch in enumerate(batches))
+    for index, generations in answered:
+        batch = batches[index]
         yield [make_row(e, g, checkpoint, tokenizer) for e, g in zip(batch, generations, strict=True)]
 
 

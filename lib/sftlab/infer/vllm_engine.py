@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab import models, paths
+from sftlab.infer import parallel
 from sftlab.infer.engine import Generation, GenerationSettings, HFEngine, prompt_text
 from sftlab.errors import SftlabError
 
@@ -71,97 +72,136 @@ def tied(model_path: str) -> bool:
 
 
 class VLLMEngines:
-    """`make_engine` for the infer stage: one vLLM worker for every checkpoint of the run; `close()` ends it."""
+    """`make_engine` for the infer stage: vLLM workers for every checkpoint of the run; `close()` ends them.
+
+    `data_parallel` workers (replicas), each an engine over `tensor_parallel` GPUs (vLLM's tensor_parallel_size;
+    on a CUDA machine replica i sees GPUs i*tp .. i*tp+tp-1 through CUDA_VISIBLE_DEVICES), answer the stage's
+    batches between them (sftlab.infer.parallel); every swap is checked on every replica."""
 
     def __init__(self, dtype: str = "auto", seed: int = 0, probes: list[list[dict]] | None = None,
-                 max_model_len: int = 2048, log=None, retie_head: bool = True):
+                 max_model_len: int = 2048, log=None, retie_head: bool = True, data_parallel: int = 1,
+                 tensor_parallel: int = 1, chat_template: str | None = None):
         self.dtype = models.weights_dtype(dtype, device="cpu" if not _cuda() else "cuda")
         self.seed = seed
         self.probes = (probes or [])[:PROBES]
         self.retie_head = retie_head  # False only to show that the swap check catches the stale head
+        self.data_parallel, self.tensor_parallel = data_parallel, tensor_parallel
+        self.chat_template = chat_template
         self.fresh_loads = 0
         self.max_model_len = max_model_len
         self.log = log or sys.stderr
-        self.process: subprocess.Popen | None = None
+        self.processes: list[subprocess.Popen] = []
         self.architecture: tuple | None = None
-        self.swaps: list[dict[str, Any]] = []  # per swap: checkpoint, seconds, probes checked
+        self.swaps: list[dict[str, Any]] = []  # per swap and replica: checkpoint, seconds, probes checked
+
+    @property
+    def process(self) -> subprocess.Popen | None:  # the first replica's worker
+        return self.processes[0] if self.processes else None
 
     def _start(self) -> None:
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU: plenty for evaluation batches
-        self.process = subprocess.Popen([str(vllm_python()), str(WORKER)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        gpus = _visible_gpus() if _cuda() else []
+        for replica in range(self.data_parallel):
+            own = dict(env)
+            if gpus:  # each replica its own GPUs
+                own["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[replica * self.tensor_parallel:
+                                                            (replica + 1) * self.tensor_parallel])
+            self.processes.append(subprocess.Popen([str(vllm_python()), str(WORKER)], stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE, stderr=self.log, text=True, env=own))
 
-    def request(self, **message) -> dict[str, Any]:
-        self.process.stdin.write(json.dumps(message) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
+    def request(self, replica: int = 0, **message) -> dict[str, Any]:
+        self.send(replica, **message)
+        return self.receive(replica, message.get("op"))
+
+    def send(self, replica: int, **message) -> None:
+        process = self.processes[replica]
+        process.stdin.write(json.dumps(message) + "\n")
+        process.stdin.flush()
+
+    def receive(self, replica: int, op: str | None) -> dict[str, Any]:
+        process = self.processes[replica]
+        line = process.stdout.readline()
+        where = f"the vLLM worker of replica {replica}" if self.data_parallel > 1 else "the vLLM worker"
         if not line:
-            raise models.ModelError(f"the vLLM worker ended (exit code {self.process.wait()}); its output is above")
+            raise models.ModelError(f"{where} ended (exit code {process.wait()}); its output is above")
         reply = json.loads(line)
         if not reply.get("ok"):
-            raise models.ModelError(f"vLLM: {message.get('op')} failed: {reply.get('error')}")
+            raise models.ModelError(f"vLLM: {op} failed{f' on replica {replica}' if self.data_parallel > 1 else ''}: "
+                                    f"{reply.get('error')}")
         return reply
+
+    def broadcast(self, **message) -> list[dict[str, Any]]:
+        """Every replica does `message` at once; their replies."""
+        for replica in range(len(self.processes)):
+            self.send(replica, **message)
+        return [self.receive(replica, message.get("op")) for replica in range(len(self.processes))]
 
     def __call__(self, model_path: str) -> "VLLMEngine":
         architecture = _architecture(model_path)
         engine = VLLMEngine(self, model_path)
-        if self.process is not None and architecture == self.architecture:
-            reply = self.request(op="swap", model=model_path, tied=self.retie_head and tied(model_path))
-            self._check_swap(engine, model_path, reply["seconds"], reply.get("retied", False))
+        if self.processes and architecture == self.architecture:
+            replies = self.broadcast(op="swap", model=model_path, tied=self.retie_head and tied(model_path))
+            self._check_swap(engine, model_path, replies)
             return engine
         self.close()  # nothing running yet, or a model of another shape: a fresh engine
         self._start()
-        self.request(op="load", model=model_path, dtype=self.dtype, seed=self.seed, max_model_len=self.max_model_len)
+        self.broadcast(op="load", model=model_path, dtype=self.dtype, seed=self.seed, max_model_len=self.max_model_len,
+                       tensor_parallel_size=self.tensor_parallel)
         self.architecture = architecture
         self.fresh_loads += 1
         return engine
 
-    def _check_swap(self, engine: "VLLMEngine", model_path: str, seconds: float, retied: bool = False) -> None:
-        """The swapped-in weights must score the probe prompts as the checkpoint loaded afresh by
-        transformers does: every prompt token's log-probability within `LOGPROB_TOLERANCE` (any stale or
-        partial tensor moves them), and the same greedy tokens."""
+    def _check_swap(self, engine: "VLLMEngine", model_path: str, replies: list[dict[str, Any]]) -> None:
+        """On every replica, the swapped-in weights must score the probe prompts as the checkpoint loaded
+        afresh by transformers does: every prompt token's log-probability within `LOGPROB_TOLERANCE` (any
+        stale or partial tensor moves them), and the same greedy tokens."""
         if not self.probes:
             return
         ids = engine.prompt_ids(self.probes)
-        swapped = self.request(op="prompt_logprobs", prompts=ids)["logprobs"]
         expected = _hf_prompt_logprobs(model_path, ids, self.dtype)
-        worst = max(abs(a - b) for got, want in zip(swapped, expected) for a, b in zip(got, want))
         settings = GenerationSettings(max_new_tokens=PROBE_TOKENS)
-        tokens = [g.token_ids for g in engine.generate(self.probes, settings)]
-        reference = HFEngine(model_path, dtype=self.dtype)
-        same_tokens = tokens == [g.token_ids for g in reference.generate(self.probes, settings)]
+        reference = HFEngine(model_path, dtype=self.dtype, chat_template=self.chat_template)
+        want_tokens = [g.token_ids for g in reference.generate(self.probes, settings)]
         del reference
-        if worst > LOGPROB_TOLERANCE or not same_tokens:
-            raise SwapCheckFailed(
-                f"{model_path}: after swapping its weights into the running vLLM engine, the probe prompts are "
-                f"scored differently from a fresh load (largest log-probability difference {worst:.2e}, tolerance "
-                f"{LOGPROB_TOLERANCE:.0e}; greedy tokens {'equal' if same_tokens else 'differ'}): the swap left stale "
-                f"or partial weights. Nothing of this checkpoint was written; run the stage again with "
-                f"infer.engine: hf, or report the vLLM version")
-        self.swaps.append({"checkpoint": model_path, "seconds": seconds, "probes": len(self.probes),
-                           "max_logprob_difference": worst, "retied_head": retied})
+        for replica, reply in enumerate(replies):
+            swapped = self.request(replica, op="prompt_logprobs", prompts=ids)["logprobs"]
+            worst = max(abs(a - b) for got, want in zip(swapped, expected) for a, b in zip(got, want))
+            same_tokens = [g.token_ids for g in engine.generate_on(replica, self.probes, settings)] == want_tokens
+            if worst > LOGPROB_TOLERANCE or not same_tokens:
+                raise SwapCheckFailed(
+                    f"{model_path}: after swapping its weights into the running vLLM engine"
+                    f"{f' (replica {replica})' if len(replies) > 1 else ''}, the probe prompts are scored differently "
+                    f"from a fresh load (largest log-probability difference {worst:.2e}, tolerance "
+                    f"{LOGPROB_TOLERANCE:.0e}; greedy tokens {'equal' if same_tokens else 'differ'}): the swap left "
+                    f"stale or partial weights. Nothing of this checkpoint was written; run the stage again with "
+                    f"infer.engine: hf, or report the vLLM version")
+            self.swaps.append({"checkpoint": model_path, "replica": replica, "seconds": reply["seconds"],
+                               "probes": len(self.probes), "max_logprob_difference": worst,
+                               "retied_head": reply.get("retied", False)})
 
     def close(self) -> None:
-        if self.process is not None:
+        for process in self.processes:
             try:
-                self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=60)
+                process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                process.stdin.flush()
+                process.wait(timeout=60)
             except (BrokenPipeError, subprocess.TimeoutExpired, OSError):
-                self.process.kill()
-            self.process = None
-            self.architecture = None
+                process.kill()
+        self.processes = []
+        self.architecture = None
 
 
 class VLLMEngine:
-    """The engine for one checkpoint: this model's tokenizer here, its weights in the shared worker."""
+    """The engine for one checkpoint: this model's tokenizer here, its weights in the shared workers."""
 
     def __init__(self, engines: VLLMEngines, model_path: str):
         from transformers import AutoTokenizer
 
         self.engines = engines
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if engines.chat_template:  # model.chat_template: the template the checkpoints were trained with
+            self.tokenizer.chat_template = engines.chat_template
         self.stop_ids = models.stop_token_ids(self.tokenizer)
 
     def prompt_ids(self, prompts: list[list[dict]]) -> list[list[int]]:
@@ -169,8 +209,17 @@ class VLLMEngine:
                 for messages in prompts]
 
     def generate(self, prompts: list[list[dict]], settings: GenerationSettings) -> list[Generation]:
+        return self.generate_on(0, prompts, settings)
+
+    def generate_batches(self, batches: list[list[list[dict]]], settings: GenerationSettings):
+        """(index, generations) of every batch in batch order, the replicas answering side by side."""
+        replicas = [lambda prompts, r=r: self.generate_on(r, prompts, settings)
+                    for r in range(self.engines.data_parallel)]
+        return parallel.in_batch_order(batches, replicas)
+
+    def generate_on(self, replica: int, prompts: list[list[dict]], settings: GenerationSettings) -> list[Generation]:
         ids = self.prompt_ids(prompts)
-        reply = self.engines.request(op="generate", prompts=ids, settings=settings.__dict__,
+        reply = self.engines.request(replica, op="generate", prompts=ids, settings=settings.__dict__,
                                      stop_token_ids=self.stop_ids)
         generations = []
         for output in reply["outputs"]:
@@ -201,3 +250,13 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (all of them when it is unset)."""
+    import torch
+
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if named:
+        return [g.strip() for g in named.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]

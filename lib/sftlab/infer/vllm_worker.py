@@ -7,7 +7,7 @@ It imports nothing of sftlab (vLLM pins its own torch and transformers): the par
 model's chat template, sends token ids, and gets token ids back, so both engines see the same prompts.
 
 Requests and replies:
-    {"op": "load", "model": PATH, "dtype": "float32", "seed": 0, "max_model_len": 2048}
+    {"op": "load", "model": PATH, "dtype": "float32", "seed": 0, "max_model_len": 2048, "tensor_parallel_size": 1}
         -> {"ok": true, "seconds": s}                         a fresh engine
     {"op": "swap", "model": PATH, "tied": bool}
         -> {"ok": true, "seconds": s, "swapped": true, "retied": bool}   weights reloaded in place (same
@@ -85,7 +85,8 @@ def main() -> None:
 
                 llm = LLM(model=request["model"], tokenizer=request["model"], dtype=request.get("dtype", "float32"),
                           seed=request.get("seed", 0), enforce_eager=True,
-                          max_model_len=request.get("max_model_len", 2048), skip_tokenizer_init=True)
+                          max_model_len=request.get("max_model_len", 2048), skip_tokenizer_init=True,
+                          tensor_parallel_size=request.get("tensor_parallel_size", 1))
                 reply = {"ok": True}
             elif op == "swap":
                 llm.collective_rpc("reload_weights", kwargs={"weights_path": request["model"]})
