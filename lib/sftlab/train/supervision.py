@@ -234,13 +234,21 @@ def _supervise(rendered: _Rendered, ids: list[int], offsets: list[tuple[int, int
     else:
         mask = [1 if t >= 0 and rendered.spans[t][2] else 0 for t in turn_of]
 
+    # Each answer's token positions and end-of-turn positions, in one pass over the row.
+    tokens_of: list[list[int]] = [[] for _ in rendered.spans]
+    ends_of: list[list[int]] = [[] for _ in rendered.spans]
+    for p, k in enumerate(turn_of):
+        if k >= 0:
+            tokens_of[k].append(p)
+            if ids[p] == end_of_turn_id:
+                ends_of[k].append(p)
+
     # The window kept under the policy.
     low, high = 0, n
     if max_length is not None and n > max_length:
         report.overlong += 1
         if overlong == "error":
-            overlong_rows.append((rendered.row_id, n, _what_keep_start_loses(rendered, ids, turn_of, mask,
-                                                                           end_of_turn_id, max_length)))
+            overlong_rows.append((rendered.row_id, n, _what_keep_start_loses(rendered, mask, ends_of, max_length)))
             return None  # the whole run is refused once every row is read
         elif overlong == "drop":
             report._note(report.dropped, "longer than max_length (overlong: drop)", rendered.row_id)
@@ -257,8 +265,7 @@ def _supervise(rendered: _Rendered, ids: list[int], offsets: list[tuple[int, int
     positions_seen = []
     for k, (_, _, trained, why) in enumerate(rendered.spans):
         stats = report.positions[k]
-        tokens = [p for p in range(n) if turn_of[p] == k]
-        ends = [p for p in tokens if ids[p] == end_of_turn_id]
+        tokens, ends = tokens_of[k], ends_of[k]
         kept = [p for p in tokens if low <= p < high]
         positions_seen.append((stats, trained, why, kept, tokens, ends))
         if trained:
@@ -305,15 +312,13 @@ def _supervise(rendered: _Rendered, ids: list[int], offsets: list[tuple[int, int
     return {"id": rendered.row_id, "input_ids": ids[low:high], "completion_mask": mask[low:high]}
 
 
-def _what_keep_start_loses(rendered: _Rendered, ids, turn_of, mask, end_of_turn_id: int, max_length: int) -> str:
-    trained_tokens = [p for p in range(len(ids)) if mask[p]]
-    if trained_tokens and trained_tokens[0] >= max_length:
+def _what_keep_start_loses(rendered: _Rendered, mask: list[int], ends_of: list[list[int]], max_length: int) -> str:
+    first_trained = next((p for p, m in enumerate(mask) if m), None)
+    if first_trained is not None and first_trained >= max_length:
         return "every answer token"
     last_trained = max((k for k, span in enumerate(rendered.spans) if span[2]), default=None)
-    if last_trained is not None:
-        ends = [p for p in range(len(ids)) if turn_of[p] == last_trained and ids[p] == end_of_turn_id]
-        if ends and ends[-1] >= max_length:
-            return "its end-of-turn token"
+    if last_trained is not None and ends_of[last_trained] and ends_of[last_trained][-1] >= max_length:
+        return "its end-of-turn token"
     return "context only"
 
 
