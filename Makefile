@@ -74,8 +74,12 @@ $(LLAMACPP_VENV)/.sftlab-installed: Makefile
 demo: setup
 	$(VENV)/bin/sftlab run params/demo.yaml
 
+# Two processes (pytest-xdist), each taking whole test files, so that a module's shared set-up (its Slurm
+# cluster, its checkouts, its JupyterLab) is made once: much of the suite waits on subprocesses, kernels and
+# the scheduler, so two files side by side finish far sooner than one after another, even on 2 cores.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The docs site, strict: a broken link or anchor, a missing page or one left out of the nav fails the build.
 # Offline: the params reference is generated from sftlab.config by docs/hooks/params_reference.py.
