@@ -204,11 +204,18 @@ def outputs_of(folder: Path) -> dict:
 
 @pytest.mark.slow
 def test_a_study_runs_as_jobs_in_dependency_order_and_equals_a_local_run(slurm, tmp_path, outputs, tiny_model_path,
-                                                                         monkeypatch):
+                                                                         request):
     folder = study(tmp_path, tiny_model_path)
     started = time.monotonic()
     submitted = sftlab("run", str(folder), "--executor", "slurm")  # submits and returns; the shell is then gone
     assert time.monotonic() - started < 60
+    # The same study here, one stage after another (`sftlab run` with the local executor, into outputs of its
+    # own), side by side with the jobs: compared with them below.
+    local = tmp_path / "local-outputs"
+    local_log = (tmp_path / "local.log").open("w")
+    local_run = subprocess.Popen([SFTLAB, "run", str(folder)], cwd=ROOT, stdout=local_log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "SFTLAB_OUTPUTS": str(local)})
+    request.addfinalizer(lambda: local_run.poll() is None and (local_run.kill(), local_run.wait()))
     lines = submitted.stdout + submitted.stderr
     for name in ("fast", "slow"):
         for stage in ("train", "infer", "judge"):
@@ -243,14 +250,12 @@ def test_a_study_runs_as_jobs_in_dependency_order_and_equals_a_local_run(slurm, 
     index = (outputs / "index.html").read_text()
     assert f"job {entry('fast', 'train')['job_id']}" in index
 
-    # The same study here, one stage after another: the same rows, losses and scores.
-    local = tmp_path / "local-outputs"
-    monkeypatch.setenv("SFTLAB_OUTPUTS", str(local))
-    started = time.monotonic()
-    runner.run(folder)
+    # The local run: the same rows, losses and scores.
+    assert local_run.wait(timeout=900) == 0, (tmp_path / "local.log").read_text()[-3000:]
     local_seconds = time.monotonic() - started
     assert outputs_of(local) == outputs_of(outputs)
-    print(f"\nstudy of 2 experiments: local {local_seconds:.0f} s, local Slurm {slurm_seconds:.0f} s (submit to end)")
+    print(f"\nstudy of 2 experiments, side by side: local run {local_seconds:.0f} s, local Slurm {slurm_seconds:.0f} s "
+          "(from submission to the end)")
 
 
 @pytest.mark.slow

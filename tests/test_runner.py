@@ -149,6 +149,32 @@ def test_failing_cell_stops_the_run_with_its_error_and_notebook(tmp_path, output
     assert 'class="failed"' in index and "not run" in index
 
 
+def test_the_executed_notebook_is_written_at_start_end_and_failure_not_at_every_cell(tmp_path, outputs, monkeypatch):
+    from papermill.engines import NotebookExecutionManager
+
+    writes = []
+    save = NotebookExecutionManager.save
+    monkeypatch.setattr(NotebookExecutionManager, "save",
+                        lambda self, **kw: (writes.append(self.output_path), save(self, **kw))[-1])
+    notebooks = tmp_path / "notebooks"
+    make_notebook(notebooks, "train", *[f"print('cell {i}')" for i in range(20)])
+    make_notebook(notebooks, "infer", "print('one')", "import time; time.sleep(11)", "print('two')",
+                  "raise ValueError('late')")
+    with pytest.raises(runner.StageFailed, match="ValueError: late"):
+        runner.run(params_file(tmp_path), notebooks=notebooks)
+    [train_run], [infer_run] = run_dirs(outputs / "tiny", "train"), run_dirs(outputs / "tiny", "infer")
+    train_writes = [w for w in writes if w and "train.ipynb" in w]
+    # papermill alone writes 42 times (every cell's start and end): here, at the start and the end
+    assert len(train_writes) == 2, train_writes
+    executed = nbformat.read(train_run / "train.ipynb", as_version=4)
+    assert [c.outputs[0]["text"] for c in executed.cells[-20:]] == [f"cell {i}\n" for i in range(20)]
+    # A cell ending 10 s after the last write is written; the failure is written with its error.
+    assert len([w for w in writes if w and "infer.ipynb" in w]) >= 3
+    failed = nbformat.read(infer_run / "infer.ipynb", as_version=4)
+    code = [c for c in failed.cells if c.cell_type == "code"]
+    assert code[-1].outputs[0]["ename"] == "ValueError" and code[-2].outputs[0]["text"] == "two\n"
+
+
 def test_a_study_folder_is_validated_whole_before_anything_runs(tmp_path, outputs):
     notebooks = tmp_path / "notebooks"
     make_notebook(notebooks, "train", "open('ran-' + experiment, 'w').close()")

@@ -193,6 +193,8 @@ def run_stage(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from sftlab import notebook_engine
+
     kernel = sftlab_kernel.ensure(kernel or os.environ.get(KERNEL_ENV))
     layout = params.layout
     source = (notebooks or paths.notebooks_dir()) / f"{stage}.ipynb"
@@ -219,6 +221,7 @@ def run_stage(
                 cwd=str(paths.project_root()),
                 log_output=True,
                 progress_bar=False,
+                engine_name=notebook_engine.register(),  # papermill's, writing the notebook less often
             )
     except PapermillExecutionError as e:
         error = f"cell {e.exec_count}: {e.ename}: {e.evalue}"
