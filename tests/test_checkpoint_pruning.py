@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from sftlab import checkpoints, data, train
 from sftlab.config import load_params
 from sftlab.train import launch, trainer
+from sftlab.train import stage as train_stage
 
 RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
 MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
@@ -51,6 +52,42 @@ def test_pruning_keeps_the_newest_complete_checkpoint_resumable(tmp_path):
                                          r"model.name_or_path: .*checkpoint-10.*keep_optimizer: all"):
         checkpoints.check_resumable(first)
     checkpoints.check_resumable(second)
+
+
+def test_until_done_removes_the_last_checkpoints_state_once_the_run_has_saved_its_last_step(tmp_path, capsys):
+    """keep_optimizer: until_done, on the trainer's own argument and state objects: while the run goes on it
+    prunes as `newest` does; a run stopped before its last step, or whose last save is incomplete, keeps its
+    newest checkpoint resumable; once the last step is saved, that checkpoint keeps weights only as well."""
+    from transformers import TrainerState, TrainingArguments
+
+    train_dir = tmp_path / "train"
+    args = TrainingArguments(output_dir=str(train_dir), report_to=[])
+    until_done, newest = trainer.PruneResumeState("until_done"), trainer.PruneResumeState("newest")
+    first, second = fake_checkpoint(train_dir, 10), fake_checkpoint(train_dir, 20)
+
+    stopped = TrainerState(global_step=20, max_steps=30)  # e.g. a time limit or an early stop at step 20
+    until_done.on_save(args, stopped, None)
+    until_done.on_train_end(args, stopped, None)
+    assert checkpoints.resume_state(first) == [] and checkpoints.has_optimizer_state(second)
+
+    last = fake_checkpoint(train_dir, 30, complete=False)  # the last step, its save not complete
+    done = TrainerState(global_step=30, max_steps=30)
+    until_done.on_train_end(args, done, None)
+    assert checkpoints.has_optimizer_state(second) and checkpoints.has_optimizer_state(last)
+
+    (last / "trainer_state.json").write_text(json.dumps({"global_step": 30, "max_steps": 30}))
+    newest.on_save(args, done, None)
+    newest.on_train_end(args, done, None)  # the default keeps the last checkpoint resumable, to extend the run
+    assert checkpoints.resume_state(second) == [] and checkpoints.has_optimizer_state(last)
+
+    until_done.on_train_end(args, done, None)
+    assert checkpoints.resume_state(last) == [] and checkpoints.is_complete(last)
+    assert "checkpoint-30 keeps weights only too" in capsys.readouterr().out
+    assert train_stage.finished(train_dir)  # re-running the same params trains nothing; extending is refused, by name:
+    with pytest.raises(ValueError, match="checkpoint-30 holds weights only.*until_done"):
+        checkpoints.check_resumable(last)
+    with pytest.raises(ValueError, match="one of newest, all, until_done"):
+        trainer.PruneResumeState("last")
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -288,8 +287,11 @@ def test_two_process_fsdp_on_cpu_saves_full_checkpoints(tmp_path, outputs, tiny_
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_finishes_with_a_continuous_history(tmp_path, outputs, tiny_model_path):
-    _, plan = plan_for(tmp_path, tiny_model_path, max_steps=12, save_steps=3)
+def test_resume_after_sigkill_logs_and_counts_as_an_uninterrupted_run(tmp_path, outputs, tiny_model_path):
+    """Kill a real launch (SIGKILL to its process group) once it has a checkpoint, resume it, and compare with the
+    same config trained uninterrupted in another experiment: every step logged once, the token counters counted
+    on from the checkpoint's, the summary's counts those of the whole run."""
+    params, plan = plan_for(tmp_path, tiny_model_path, max_steps=12, save_steps=3)
     with open(tmp_path / "first.log", "w") as log:
         process = subprocess.Popen(plan.command, stdout=log, stderr=subprocess.STDOUT, env=launch.child_env(),
                                    start_new_session=True)
@@ -306,41 +308,25 @@ def test_resume_after_sigkill_finishes_with_a_continuous_history(tmp_path, outpu
 
     lines = []
     train.run(plan, echo=lines.append)
-    assert any("resuming from" in line and "checkpoint-" in line for line in lines)
+    assert any("resuming from" in line and line.endswith(first[-1].name) for line in lines)
     state = json.loads((plan.train_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 12
     logged = [e["step"] for e in state["log_history"] if "loss" in e]
     assert logged == list(range(1, 13))  # every step once: nothing lost, nothing repeated
     tokens = [e["num_tokens"] for e in state["log_history"] if "num_tokens" in e]
     assert len(tokens) == 12 and all(a < b for a, b in zip(tokens, tokens[1:]))  # counted on, not from 0
-    summary = json.loads((plan.train_dir / "train_summary.json").read_text())
-    assert summary["tokens"] == tokens[-1] and summary["resumed_from_step"] == killed_at
-
-
-@pytest.mark.slow
-def test_a_resumed_run_counts_tokens_as_an_uninterrupted_one(tmp_path, outputs, tiny_model_path):
-    """Train 6 steps; then cut the folder back to what a kill after checkpoint-3 leaves and resume to 6
-    (keep_optimizer: all, so that checkpoint-3 keeps the optimizer state it had before checkpoint-6)."""
-    params, plan = plan_for(tmp_path, tiny_model_path, max_steps=6, save_steps=3, keep_optimizer="all")
-    train.run(plan, echo=lambda line: None)
-    assert checkpoints.has_optimizer_state(plan.train_dir / "checkpoint-3")
-    whole = json.loads((plan.train_dir / "train_summary.json").read_text())
-    whole_log = json.loads((plan.train_dir / "trainer_state.json").read_text())["log_history"]
-
-    for path in (plan.train_dir / "checkpoint-6", plan.train_dir / "trainer_state.json",
-                 plan.train_dir / "train_summary.json"):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    examples, _ = data.load_splits(params.data, params.seed)
-    lines = []
-    train.run(train.plan(params, examples, str(tiny_model_path)), echo=lines.append)
-    assert any("resuming from" in line and "checkpoint-3" in line for line in lines)
     resumed = json.loads((plan.train_dir / "train_summary.json").read_text())
-    log = json.loads((plan.train_dir / "trainer_state.json").read_text())["log_history"]
+    assert resumed["tokens"] == tokens[-1] and resumed["resumed_from_step"] == killed_at
 
-    tokens = [e["num_tokens"] for e in log if "num_tokens" in e]
-    assert len(tokens) == 6 and all(a < b for a, b in zip(tokens, tokens[1:]))
+    whole_params = load_params(tiny_params(tmp_path, tiny_model_path, max_steps=12, save_steps=3), ["experiment=whole"])
+    examples, _ = data.load_splits(whole_params.data, whole_params.seed)
+    whole_plan = train.plan(whole_params, examples, str(tiny_model_path))
+    train.preflight(whole_plan, label_audit=False)
+    train.run(whole_plan, echo=lambda line: None)
+    whole = json.loads((whole_plan.train_dir / "train_summary.json").read_text())
+    whole_log = json.loads((whole_plan.train_dir / "trainer_state.json").read_text())["log_history"]
     assert tokens == [e["num_tokens"] for e in whole_log if "num_tokens" in e]  # the same batches, the same counts
-    assert resumed["resumed_from_step"] == 3 and whole["resumed_from_step"] is None
+    assert whole["resumed_from_step"] is None
     for key in ("global_step", "tokens", "supervised_tokens", "padding_fraction"):
         assert resumed[key] == whole[key], key  # the whole run's counts, not this launch's
     assert resumed["tokens_per_s"] > 0 and resumed["supervised_tokens"] > 0

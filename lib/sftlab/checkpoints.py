@@ -8,8 +8,10 @@ What a checkpoint keeps (`train.keep_optimizer`): every complete checkpoint keep
 config, tokenizer, generation config) and `trainer_state.json`, all that infer and score read. The state
 only resuming needs (`RESUME_STATE`: optimizer, scheduler, gradient scaler, RNG states; Adam's two fp32
 moments alone are twice the fp32 weights) is kept by the newest complete checkpoint only (`newest`, the
-default) or by all (`all`). `prune_resume_state` removes it from the older ones, and is called only once a
-newer checkpoint is complete, so a kill at any moment leaves a checkpoint to resume from exactly. A
+default), by all (`all`), or by the newest while the run goes on and by none once it has saved its last step
+(`until_done`: a finished run keeps weights only, and cannot be extended). `prune_resume_state` removes it
+from the older ones, and is called only once a newer checkpoint is complete, so a kill at any moment leaves a
+checkpoint to resume from exactly (and with `until_done`, once the last step is saved). A
 checkpoint without it is *weights-only*: evaluated like any other, refused as a resume point
 (`check_resumable`).
 
@@ -111,13 +113,14 @@ def has_optimizer_state(checkpoint: Path) -> bool:
     return any(p.name.startswith("optimizer") for p in resume_state(checkpoint))
 
 
-def prune_resume_state(train_dir: Path) -> list[Path]:
+def prune_resume_state(train_dir: Path, including_newest: bool = False) -> list[Path]:
     """Remove the resume state of every complete checkpoint older than the newest complete one; return the
     checkpoints it was removed from. Safe at any moment: the newest complete checkpoint is never touched, and
-    a kill in the middle leaves a checkpoint pruned in part, which the next call finishes."""
+    a kill in the middle leaves a checkpoint pruned in part, which the next call finishes. `including_newest`
+    (keep_optimizer: until_done, once the run has saved its last step): the newest one too."""
     done = list_checkpoints(train_dir)
     pruned = []
-    for checkpoint in done[:-1]:
+    for checkpoint in done if including_newest else done[:-1]:
         found = resume_state(checkpoint)
         for path in found:  # gone already is fine: another node's first process may prune a shared folder too
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -132,7 +135,8 @@ def check_resumable(checkpoint: Path) -> None:
     if not has_optimizer_state(checkpoint):
         raise ValueError(
             f"{checkpoint} holds weights only, no optimizer and scheduler state (train.keep_optimizer: newest "
-            "removes them from a checkpoint once a newer one is complete; save_only_model never writes them), so "
+            "removes them from a checkpoint once a newer one is complete, until_done from the last one too once "
+            "the run has reached its last step; save_only_model never writes them), so "
             "training cannot resume from it exactly. Resume from the newest complete checkpoint (train.resume: "
             f"auto), or train from these weights in a new experiment (model.name_or_path: {checkpoint}); set "
             "train.keep_optimizer: all to keep every checkpoint resumable in future runs")

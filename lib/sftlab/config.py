@@ -182,7 +182,9 @@ class TrainKnobs(BaseModel):
     node_rank: int = 0  # this machine's place among them (0 holds the rendezvous)
     rdzv_endpoint: str | None = None  # host:port of node 0 for multi-node runs
     resume: Resume = "auto"  # auto: the newest complete checkpoint; never: start over; or a checkpoint path
-    keep_optimizer: Literal["newest", "all"] = "newest"  # which checkpoints keep the optimizer/scheduler state
+    # Which checkpoints keep the optimizer/scheduler state: the newest complete one; every one; or the newest
+    # while the run goes on and none once it has reached its last step (a finished run keeps weights only).
+    keep_optimizer: Literal["newest", "all", "until_done"] = "newest"
 
 
 class TrainParams(TrainKnobs):

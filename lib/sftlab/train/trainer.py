@@ -34,7 +34,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig
 
 from sftlab import jsonl, models, progress
-from sftlab.checkpoints import check_resumable, newest_complete, prune_resume_state
+from sftlab.checkpoints import check_resumable, newest_complete, prune_resume_state, step_of
 from sftlab.knobs import Collator, DType, Overlong, Turns, collator_conflict
 from sftlab.paths import TRAIN_SUMMARY_FILE
 from sftlab.train import supervision
@@ -57,7 +57,8 @@ class ScriptArguments:
     overlong: Overlong = field(default="error", metadata={"help": "error | drop | keep_start | keep_end"})
     chat_template: str | None = field(default=None, metadata={"help": "a Jinja chat template file to use"})
     eval_file: str | None = field(default=None, metadata={"help": "conversations for eval loss (data.test)"})
-    keep_optimizer: str = field(default="newest", metadata={"help": "newest | all: checkpoints keeping resume state"})
+    keep_optimizer: str = field(default="newest",
+                                metadata={"help": "newest | all | until_done: checkpoints keeping resume state"})
 
 
 @dataclass
@@ -245,25 +246,40 @@ class SaveLastStep(TrainerCallback):
 
 
 class PruneResumeState(TrainerCallback):
-    """`keep_optimizer: newest`: once a checkpoint is complete (the trainer calls on_save after writing its
-    trainer_state.json), the older checkpoints lose their optimizer, scheduler and RNG state and keep weights,
-    tokenizer, configs and trainer state: all that infer and score read (sftlab.checkpoints). Run by the
-    process that saved them: rank 0, or each node's first process with save_on_each_node."""
+    """`keep_optimizer: newest` (and `until_done`): once a checkpoint is complete (the trainer calls on_save after
+    writing its trainer_state.json), the older checkpoints lose their optimizer, scheduler and RNG state and keep
+    weights, tokenizer, configs and trainer state: all that infer and score read (sftlab.checkpoints).
+    `until_done`: when the run has reached its last step and saved it, the last checkpoint loses it too. Run by
+    the process that saved them: rank 0, or each node's first process with save_on_each_node."""
 
     def __init__(self, keep_optimizer: str):
-        if keep_optimizer not in ("newest", "all"):
-            raise ValueError(f"keep_optimizer: {keep_optimizer!r} is not one of newest, all")
+        if keep_optimizer not in ("newest", "all", "until_done"):
+            raise ValueError(f"keep_optimizer: {keep_optimizer!r} is not one of newest, all, until_done")
         self.keep_optimizer = keep_optimizer
         self.said = False
 
+    @staticmethod
+    def _saver(args, state) -> bool:
+        return state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
+
     def on_save(self, args, state, control, **kwargs):
-        saver = state.is_local_process_zero if args.save_on_each_node else state.is_world_process_zero
-        if self.keep_optimizer == "newest" and saver:
+        if self.keep_optimizer in ("newest", "until_done") and self._saver(args, state):
             pruned = prune_resume_state(Path(args.output_dir))
             if pruned and not self.said:  # once a launch: the rule, not a line per save
                 print(f"[sftlab] {pruned[-1].name} and older checkpoints keep weights only; the optimizer state "
-                      "is in the newest one (train.keep_optimizer: newest)", flush=True)
+                      f"is in the newest one (train.keep_optimizer: {self.keep_optimizer})", flush=True)
                 self.said = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.keep_optimizer != "until_done" or not self._saver(args, state):
+            return
+        newest = newest_complete(Path(args.output_dir))
+        if newest is None or state.global_step < state.max_steps or step_of(newest) != state.global_step:
+            return  # stopped early (or the last step was not saved): the newest checkpoint may still be resumed
+        removed = prune_resume_state(Path(args.output_dir), including_newest=True)
+        if removed:
+            print(f"[sftlab] the run reached step {state.global_step}: {newest.name} keeps weights only too, no "
+                  "optimizer state (train.keep_optimizer: until_done); it cannot be resumed or extended", flush=True)
 
 
 def resume_from(script_args: ScriptArguments, output_dir: str) -> str | None:
