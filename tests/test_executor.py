@@ -369,13 +369,10 @@ def test_a_failing_stage_marks_its_dependants_not_run_with_its_log_in_the_index(
     assert "RuntimeError: no GPU left on node 3" in stages["infer"]["error"]
     assert "waits for broken infer" in stages["judge"]["error"] and "which failed" in stages["judge"]["error"]
     log = outputs / "broken" / stages["infer"]["log"]
-    jobs = {stages[s]["job_id"] for s in runner.STAGES}
-    deadline = time.time() + 30
-    while set(live := subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()) & jobs:
-        assert time.time() < deadline, f"still in the queue: {live}"  # nothing left waiting forever
-        time.sleep(0.5)
-    # The job records its failure before it rebuilds the index and before submitit prints the exception into its
-    # output: read both once the job is gone from the queue.
+    # `follow` returns once the jobs have left the queue: a failed job records its failure before it rebuilds the
+    # index and before submitit prints the exception into its output, and both are read here at once.
+    live = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert not set(live) & {stages[s]["job_id"] for s in runner.STAGES}, live
     assert "no GPU left on node 3" in log.read_text()
     index = (outputs / "index.html").read_text()
     assert f'broken/{stages["infer"]["log"]}' in index and index.count('class="not-run"') >= 2

@@ -251,6 +251,25 @@ def test_train_notebook_through_the_cli_and_stock_papermill(tmp_path, outputs, t
     assert (outputs / "stock" / "train" / "checkpoint-1").is_dir()
 
 
+def test_the_cli_reads_and_writes_notebooks_without_the_iri_grammar(outputs):
+    """jsonschema, under nbformat, imports rfc3987_syntax when it is installed, which builds a grammar for
+    about a second; the CLI makes it unimportable (sftlab.imports), and notebooks are still read, validated
+    and written."""
+    plain = subprocess.run([sys.executable, "-X", "importtime", "-c", "import nbformat"], capture_output=True,
+                           text=True, cwd=ROOT)
+    grammar = "rfc3987_syntax.syntax_helpers"  # the module that builds the grammar
+    assert grammar in plain.stderr  # installed here: what the CLI avoids
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "sftlab", "notebook", "params/demo.yaml",
+                             "--stage", "infer", "--set", "experiment=iri"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "nbformat" in imported and "jsonschema" in imported and grammar not in imported
+    import nbformat
+
+    nbformat.validate(nbformat.read(outputs / "iri" / "notebooks" / "infer.ipynb", as_version=4))
+
+
 def template_digests() -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((ROOT / "notebooks").glob("*.ipynb"))}
 

@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sftlab import imports
+
+    imports.skip_unused()  # before anything imports nbformat: a second less for every command that reads notebooks
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from sftlab import executor, reports, runner

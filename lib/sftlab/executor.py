@@ -80,6 +80,7 @@ REQUEUE_SIGNAL = "USR2"  # submitit's: it checkpoints and requeues on this signa
 OWN_DIRECTIVES = {"dependency", "signal", "requeue", "no-requeue", "output", "error", "open-mode", "job-name",
                   "kill-on-invalid-dep", "parsable", "wrap", "array"}
 POLL_S = 5.0  # `--wait`: seconds between two looks at the scheduler
+LEAVE_S = 60.0  # `--wait`: how long the jobs may take to end once their stages are final
 # Scheduler states (squeue %T, sacct State) as the stage's status sees them.
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                   "SUSPENDED", "STOPPED", "RESIZING"}
@@ -289,6 +290,9 @@ class StageJob(submitit.helpers.Checkpointable):
     def __call__(self, params: Params, stage: str, run_dir: str, params_file: str | None, kernel: str | None,
                  notebooks: str, job: dict, experiments: list[str]) -> str:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+        from sftlab import imports
+
+        imports.skip_unused()  # a no-op when unpickling this job imported nbformat already
         stopping = _watch_termination()
         job_id = os.environ.get("SLURM_JOB_ID", "?")
         run = Path(run_dir)
@@ -484,8 +488,21 @@ def follow(layouts: list[paths.ExperimentLayout], echo: Callable[[str], None] = 
                 seen[key] = r.status
                 echo(f"[{r.experiment}] {r.stage}: {r.status} (job {r.job_id})" + (f" {r.detail}" if r.detail else ""))
         if all(r.status in FINAL for r in rows if r.job_id):
-            return rows
+            _until_gone([r.job_id for r in rows if r.job_id], min(poll_s, 1.0))
+            return refresh(layouts)
         time.sleep(poll_s)
+
+
+def _until_gone(job_ids: list[str], poll_s: float, timeout_s: float = LEAVE_S) -> None:
+    """Wait until the scheduler no longer runs `job_ids`. A job records its final status before it ends: a
+    failed one then marks its dependants, rebuilds the index, and submitit writes the exception into its
+    output. Whoever reads them after `follow` (the terminal, a script, the index) reads them complete."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if not any(state in PENDING_STATES | RUNNING_STATES for state, _ in scheduler_states(job_ids).values()):
+            return
+        time.sleep(poll_s)
+    log.warning("jobs %s still held by the scheduler %.0f s after their last stage was final", job_ids, timeout_s)
 
 
 def cancel(layouts: list[paths.ExperimentLayout], timeout_s: float = 120) -> list[Row]:

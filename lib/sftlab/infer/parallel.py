@@ -32,19 +32,39 @@ from sftlab import models
 POLL_S = 1.0  # seconds between two looks at whether a silent replica is still alive
 
 
-def devices(n: int) -> list[str]:
-    """The device of each of `n` replicas: `cuda:0` .. `cuda:n-1` (refused when fewer GPUs are visible), or
-    `cpu` for each when this machine has no GPU."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (every GPU torch sees when it is
+    unset); none without CUDA."""
     import torch
 
     if not torch.cuda.is_available():
-        return ["cpu"] * n
-    visible = torch.cuda.device_count()
-    if n > visible:
-        raise models.ModelError(f"infer.data_parallel: {n} replicas need {n} GPUs, and {visible} "
-                                f"{'is' if visible == 1 else 'are'} visible here (CUDA_VISIBLE_DEVICES="
-                                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
-    return [f"cuda:{i}" for i in range(n)]
+        return []
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if named:
+        return [g.strip() for g in named.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_groups(replicas: int, per_replica: int = 1) -> list[list[str]]:
+    """The GPUs of each replica, `per_replica` each in the visible order (refused when fewer are visible than
+    replicas x per_replica); no groups at all when this machine has no GPU."""
+    gpus = visible_gpus()
+    if not gpus:
+        return []
+    need = replicas * per_replica
+    if need > len(gpus):
+        asked = (f"infer.data_parallel: {replicas} replicas" if per_replica == 1 else
+                 f"infer.data_parallel: {replicas} replicas of infer.tensor_parallel: {per_replica} GPUs")
+        named = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise models.ModelError(f"{asked} need {need} GPUs, and {len(gpus)} {'is' if len(gpus) == 1 else 'are'} "
+                                f"visible here (CUDA_VISIBLE_DEVICES={named})")
+    return [gpus[i * per_replica:(i + 1) * per_replica] for i in range(replicas)]
+
+
+def devices(n: int) -> list[str]:
+    """The device of each of `n` replicas: `cuda:0` .. `cuda:n-1` (refused when fewer GPUs are visible), or
+    `cpu` for each when this machine has no GPU."""
+    return [f"cuda:{i}" for i in range(n)] if gpu_groups(n) else ["cpu"] * n
 
 
 def in_batch_order(batches: Sequence, replicas: Sequence[Callable]) -> Iterator[tuple[int, object]]:

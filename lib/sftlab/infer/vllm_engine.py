@@ -94,19 +94,14 @@ class VLLMEngines:
         self.architecture: tuple | None = None
         self.swaps: list[dict[str, Any]] = []  # per swap and replica: checkpoint, seconds, probes checked
 
-    @property
-    def process(self) -> subprocess.Popen | None:  # the first replica's worker
-        return self.processes[0] if self.processes else None
-
     def _start(self) -> None:
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU: plenty for evaluation batches
-        gpus = _visible_gpus() if _cuda() else []
+        groups = parallel.gpu_groups(self.data_parallel, self.tensor_parallel)
         for replica in range(self.data_parallel):
             own = dict(env)
-            if gpus:  # each replica its own GPUs
-                own["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[replica * self.tensor_parallel:
-                                                            (replica + 1) * self.tensor_parallel])
+            if groups:  # each replica its own GPUs
+                own["CUDA_VISIBLE_DEVICES"] = ",".join(groups[replica])
             self.processes.append(subprocess.Popen([str(vllm_python()), str(WORKER)], stdin=subprocess.PIPE,
                                                    stdout=subprocess.PIPE, stderr=self.log, text=True, env=own))
 
@@ -251,12 +246,3 @@ def _cuda() -> bool:
 
     return torch.cuda.is_available()
 
-
-def _visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (all of them when it is unset)."""
-    import torch
-
-    named = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if named:
-        return [g.strip() for g in named.split(",") if g.strip()]
-    return [str(i) for i in range(torch.cuda.device_count())]
