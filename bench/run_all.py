@@ -1,13 +1,14 @@
 """`make bench`: every benchmark in one run, one JSON file with every figure, and a table for docs/benchmarks.md.
 
-    .venv/bin/python bench/run_all.py [--out outputs/bench/bench.json] [--quick]
+    .venv/bin/python bench/run_all.py [--out outputs/bench/bench.json] [--quick] [--suite | --suite-log LOG]
 
 Runs bench/train.py, bench/infer.py, bench/judge.py, bench/pipeline.py and bench/disk.py (both need a
-finished `make demo`) and bench/gpu.py (skips itself without CUDA), each in its own process, one after the
-other so that they do not slow each other down. Writes the JSON file (keys `train_vs_origin_style`,
+finished `make demo`), bench/gpu.py (skips itself without CUDA) and, with `--suite`, bench/suite.py (the test
+suite's wall time and slowest tests; `--suite-log` reads them from a log instead), each in its own process,
+one after the other so that they do not slow each other down. Writes the JSON file (keys `train_vs_origin_style`,
 `infer_batched_vs_sequential`, `judge_concurrent_vs_sequential`, `experiment_disk_gib`, `vllm_vs_hf_tokens_per_s`,
-`vllm_over_hf_infer_stage`, ... plus each script's full report) and prints a Markdown table. The vLLM
-figures need `make setup-vllm` (each says `skipped` without it).
+`vllm_over_hf_infer_stage`, `demo_experiment_gb`, `suite_seconds`, `suite_slowest`, ... plus each script's full
+report) and prints a Markdown table. The vLLM figures need `make setup-vllm` (each says `skipped` without it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "bench.json"))
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
+    parser.add_argument("--suite", action="store_true",
+                        help="also run the test suite (bench/suite.py: its wall time and slowest tests; ~10 min)")
+    parser.add_argument("--suite-log", help="read the suite's figures from this pytest log instead (bench/suite.py "
+                                            "--from-log)")
     args = parser.parse_args()
 
     quick = args.quick
@@ -50,6 +55,9 @@ def main() -> None:
         "pipeline": run("pipeline.py", "--repeats", "1" if quick else "2", "--engines"),
         "disk": run("disk.py"),
         "gpu": run("gpu.py"),
+        # Last: the suite is heaviest, and would slow the others down.
+        "suite": (run("suite.py", "--from-log", args.suite_log) if args.suite_log else
+                  run("suite.py") if args.suite else {"skipped": "--suite not given"}),
     }
     figures = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -63,6 +71,9 @@ def main() -> None:
         "experiment_disk_gib": reports["disk"].get("gib"),
         "vllm_vs_hf_tokens_per_s": (reports["infer"].get("vllm_vs_hf") or {}).get("ratio"),
         "vllm_over_hf_infer_stage": (reports["pipeline"].get("vllm_vs_hf_infer_stage") or {}).get("vllm_over_hf"),
+        "demo_experiment_gb": reports["disk"].get("gb"),
+        "suite_seconds": reports["suite"].get("seconds"),
+        "suite_slowest": reports["suite"].get("slowest"),
         "gpu": reports["gpu"],
         "seconds": round(time.time() - started, 1),
         "reports": reports,
@@ -102,6 +113,10 @@ def table(f: dict) -> str:
         ("demo infer stage: vLLM time / HF time", f"{f['vllm_over_hf_infer_stage']}",
          f"rows identical {(f['reports']['pipeline'].get('vllm_vs_hf_infer_stage') or {}).get('identical_rows')}",
          "<= 0.5"),
+        ("test suite, wall time (s)", f"{f['suite_seconds']}",
+         "slowest: " + ", ".join(f"{t['test'].split('::')[-1]} {t['seconds']} s"
+                                 for t in (f["suite_slowest"] or [])[:5]),
+         "<= 600"),
         ("GPU", json.dumps(f["gpu"].get("skipped") or f["gpu"].get("train_bf16", {}).get("mfu")), "", ""),
     ]
     lines = ["| measure | result | detail | goal |", "|---|---|---|---|"]
