@@ -337,6 +337,18 @@ def main(script_args: ScriptArguments, training_args) -> None:
     if trainer.is_world_process_zero():
         summary = write_summary(trainer, Path(training_args.output_dir), before, counter, report)
         print(f"[sftlab] done: {json.dumps(summary)}", flush=True)
+    end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroys the process group before the interpreter shuts down: left alive, gloo's worker threads may
+    still hold tensors while Python is torn down, and a finished run aborts (SIGABRT, "terminate called
+    without an active exception") after writing everything, failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every rank has finished with the group (rank 0 wrote the summary)
+        dist.destroy_process_group()
 
 
 def trainer_state_at(checkpoint: str) -> dict:
