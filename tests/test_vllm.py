@@ -1,7 +1,8 @@
 """The vLLM engine against the HF engine, on the builtin model, in vLLM's own environment.
 
-Needs `make setup-vllm` (.venv-vllm, about 70 s to install, a minute or so to run these tests); without
-it the tests are skipped, saying so — CI's `make test` does not build that environment. Run them with:
+Needs `make setup-vllm` (.venv-vllm, about 70 s to install); without it the tests are skipped, saying so —
+CI's `make test` does not build that environment. About five minutes on 2 CPU cores, most of it engine starts
+(one engine is shared by the tests that load the builtin model) and the local judge's answers. Run them with:
 
     make setup-vllm && .venv/bin/pytest -q tests/test_vllm.py
 """
@@ -34,20 +35,25 @@ def prompts():
     return [e.prompt for e in select_examples(params)]
 
 
-def test_greedy_outputs_match_the_hf_engine(builtin_model_path, prompts):
+@pytest.fixture(scope="module")
+def engines(prompts):
+    """One vLLM engine for the tests that load the builtin model, as the infer stage keeps one for every
+    checkpoint: each test swaps in what it needs (checked against a fresh load) instead of paying a start."""
+    shared = VLLMEngines(dtype="float32", probes=prompts[:4])
+    yield shared
+    shared.close()
+
+
+def test_greedy_outputs_match_the_hf_engine(builtin_model_path, prompts, engines):
     settings = GenerationSettings(max_new_tokens=48)
-    engines = VLLMEngines(dtype="float32")
-    try:
-        fast = engines(str(builtin_model_path)).generate(prompts, settings)
-    finally:
-        engines.close()
+    fast = engines(str(builtin_model_path)).generate(prompts, settings)
     hf = HFEngine(str(builtin_model_path), dtype="float32")
     reference = [g for start in range(0, len(prompts), 16) for g in hf.generate(prompts[start:start + 16], settings)]
     same = sum(a.token_ids == b.token_ids and a.finish_reason == b.finish_reason for a, b in zip(fast, reference))
     assert same >= 0.9 * len(prompts), f"{same} of {len(prompts)} identical"
 
 
-def test_a_swap_is_checked_against_a_fresh_load(builtin_model_path, prompts, tmp_path):
+def test_a_swap_is_checked_against_a_fresh_load(builtin_model_path, prompts, engines, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,42 +70,38 @@ def test_a_swap_is_checked_against_a_fresh_load(builtin_model_path, prompts, tmp
     mlp = nudged("mlp", lambda m: m.model.layers[-1].mlp.down_proj.weight.mul_(1.05))
     other = nudged("embeddings", lambda m: m.model.embed_tokens.weight.mul_(1.05))
 
-    engines = VLLMEngines(dtype="float32", probes=prompts[:4])
-    try:
-        engines(str(builtin_model_path))
-        engines(mlp)  # an MLP tensor swapped in place: the check passes
-        assert engines.swaps[-1]["max_logprob_difference"] < 1e-3 and engines.fresh_loads == 1
-        # SmolLM2 ties its input and output embeddings: after the reload the worker re-ties the output head,
-        # so the new embeddings reach the logits too, in the same engine.
-        swapped = engines(other).generate(prompts[:8], GenerationSettings(max_new_tokens=24))
-        assert engines.fresh_loads == 1 and len(engines.swaps) == 2 and engines.swaps[-1]["retied_head"]
-        assert engines.swaps[-1]["max_logprob_difference"] < 1e-3
-    finally:
-        engines.close()
+    engines(str(builtin_model_path))
+    loads, swaps = engines.fresh_loads, len(engines.swaps)
+    engines(mlp)  # an MLP tensor swapped in place: the check passes
+    assert engines.swaps[-1]["max_logprob_difference"] < 1e-3 and engines.fresh_loads == loads
+    # SmolLM2 ties its input and output embeddings: after the reload the worker re-ties the output head,
+    # so the new embeddings reach the logits too, in the same engine.
+    swapped = engines(other).generate(prompts[:8], GenerationSettings(max_new_tokens=24))
+    assert engines.fresh_loads == loads and len(engines.swaps) == swaps + 2 and engines.swaps[-1]["retied_head"]
+    assert engines.swaps[-1]["max_logprob_difference"] < 1e-3
+    engines(str(builtin_model_path))  # back to the builtin weights for the next test (a swap, checked)
     hf = HFEngine(other, dtype="float32").generate(prompts[:8], GenerationSettings(max_new_tokens=24))
     assert sum(a.token_ids == b.token_ids for a, b in zip(swapped, hf)) >= 7
     # Without the re-tie, vLLM's reload leaves the output head at the old embeddings, and the check catches it.
-    engines = VLLMEngines(dtype="float32", probes=prompts[:4], retie_head=False)
+    stale = VLLMEngines(dtype="float32", probes=prompts[:4], retie_head=False)
     try:
-        engines(str(builtin_model_path))
+        stale(str(builtin_model_path))
         with pytest.raises(SwapCheckFailed, match="stale or partial weights"):
-            engines(other)
+            stale(other)
     finally:
-        engines.close()
+        stale.close()
     shutil.rmtree(tmp_path / "mlp")
     shutil.rmtree(tmp_path / "embeddings")
 
 
-def test_two_replicas_give_the_rows_of_one_and_each_swap_is_checked_on_both(builtin_model_path, prompts, tmp_path):
+def test_two_replicas_give_the_rows_of_one_and_each_swap_is_checked_on_both(builtin_model_path, prompts, engines,
+                                                                            tmp_path):
     """infer.data_parallel: 2 through vLLM: two workers (on CPU they share the cores; on a GPU machine each has
     its own GPUs), the stage's batches split between them, the same answers as one worker."""
     settings = GenerationSettings(max_new_tokens=24)
     batches = [prompts[start:start + 4] for start in range(0, 16, 4)]
-    one = VLLMEngines(dtype="float32")
-    try:
-        single = [one(str(builtin_model_path)).generate(batch, settings) for batch in batches]
-    finally:
-        one.close()
+    engine = engines(str(builtin_model_path))
+    single = [engine.generate(batch, settings) for batch in batches]
     copy = tmp_path / "copy"
     shutil.copytree(builtin_model_path, copy)
     two = VLLMEngines(dtype="float32", probes=prompts[:2], data_parallel=2)
@@ -128,7 +130,7 @@ def test_a_local_judge_is_served_used_and_stopped(outputs):
     from sftlab.config import validate
 
     rows = prepare(outputs, n=2)
-    params = validate({"experiment": "judged", "judge": {"backend": "local", "max_retries": 1, "timeout_s": 120}})
+    params = validate({"experiment": "judged", "judge": {"backend": "local", "max_retries": 1, "timeout_s": 120, "max_tokens": 256}})
     planned = judge.plan(params)
     assert planned.estimate()["cost_usd"] == 0.0 and "local" in planned.reason
     summary = judge.run(planned, progress=False)
