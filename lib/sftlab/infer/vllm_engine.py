@@ -154,9 +154,9 @@ class VLLMEngines:
         if not self.probes:
             return
         ids = engine.prompt_ids(self.probes)
-        expected = _hf_prompt_logprobs(model_path, ids, self.dtype)
         settings = GenerationSettings(max_new_tokens=PROBE_TOKENS)
-        reference = HFEngine(model_path, dtype=self.dtype, chat_template=self.chat_template)
+        reference = HFEngine(model_path, dtype=self.dtype, chat_template=self.chat_template)  # one fresh load
+        expected = _hf_prompt_logprobs(reference.model, ids)
         want_tokens = [g.token_ids for g in reference.generate(self.probes, settings)]
         del reference
         for replica, reply in enumerate(replies):
@@ -227,17 +227,15 @@ class VLLMEngine:
         return generations
 
 
-def _hf_prompt_logprobs(model_path: str, ids: list[list[int]], dtype: str) -> list[list[float]]:
+def _hf_prompt_logprobs(model, ids: list[list[int]]) -> list[list[float]]:
     import torch
 
-    model = models.load_model(model_path, dtype)
     result = []
     with torch.inference_mode():
         for row in ids:
             tokens = torch.tensor([row], device=model.device)
             logprobs = model(input_ids=tokens).logits.float().log_softmax(-1)[0, :-1]
             result.append(logprobs.gather(1, tokens[0, 1:, None])[:, 0].tolist())
-    del model
     return result
 
 
